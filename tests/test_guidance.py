@@ -1,0 +1,72 @@
+"Sampler behaviour that does not belong in the docs: guards, options, bad input."
+import math
+import pytest
+import torch
+from deliberate_practice.ddim import alpha_bars
+from deliberate_practice.guidance import entropy, entropy_grad, guided_ddim_sample
+
+AB = alpha_bars(schedule='squaredcos_cap_v2')
+PROTO = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
+def denoise(x, t):  # a fixed toy (uncond, cond) pair
+    return torch.tanh(x), torch.tanh(x + PROTO * (t / 1000))
+
+class Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__(); torch.manual_seed(0); self.fc = torch.nn.Linear(16, 3)
+    def forward(self, x): return self.fc(x.flatten(1))
+
+def x_T(seed=1): return torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
+
+def test_omega_raises_entropy_and_stays_finite():
+    clf = Linear()
+    H = [entropy(clf(guided_ddim_sample(denoise, x_T(), AB, 10, omega=w, classifier=clf)[0])).mean().item() for w in (0, 0.3)]
+    assert H[1] > H[0]
+
+def test_nonfinite_gradient_is_dropped_and_counted():
+    class NaNFirst(Linear):
+        def forward(self, x):
+            out = super().forward(x)
+            return torch.cat([out[:1] * float('nan'), out[1:]])
+    x0, stats = guided_ddim_sample(denoise, x_T(), AB, 10, omega=0.5, classifier=NaNFirst())
+    assert torch.isfinite(x0).all()
+    assert stats.n_nonfinite == 10            # sample 0, every guided step
+    ref, _ = guided_ddim_sample(denoise, x_T(), AB, 10, omega=0.0)
+    assert torch.allclose(x0[0], ref[0], atol=1e-6)   # the poisoned sample fell back to plain CFG
+
+def test_nonfinite_step_is_redone_unguided():
+    x0, stats = guided_ddim_sample(denoise, x_T(), AB, 5, omega=float('inf'), classifier=Linear())
+    assert torch.isfinite(x0).all() and stats.n_nonfinite > 0
+
+def test_guide_every_and_until_count_steps():
+    clf = Linear()
+    assert guided_ddim_sample(denoise, x_T(), AB, 30, omega=0.1, classifier=clf, guide_every=5)[1].n_guided_steps == 6
+    assert guided_ddim_sample(denoise, x_T(), AB, 20, omega=0.1, classifier=clf, guide_until=0.5)[1].n_guided_steps == 10
+
+def test_through_denoiser_equals_detached_when_eps_is_constant():
+    const = lambda x, t: (PROTO + 0 * x, PROTO + 0 * x)   # eps independent of x_t
+    clf = Linear()
+    a, _ = guided_ddim_sample(const, x_T(), AB, 8, omega=0.2, classifier=clf)
+    b, _ = guided_ddim_sample(const, x_T(), AB, 8, omega=0.2, classifier=clf, grad_through_denoiser=True)
+    assert torch.allclose(a, b, atol=1e-5)
+    c, _ = guided_ddim_sample(denoise, x_T(), AB, 8, omega=0.2, classifier=clf, grad_through_denoiser=True)
+    assert not torch.allclose(a, c, atol=1e-3)
+
+def test_classifier_mode_and_grads_untouched():
+    clf = Linear().train()
+    guided_ddim_sample(denoise, x_T(), AB, 4, omega=0.1, classifier=clf)
+    assert clf.training and all(p.grad is None for p in clf.parameters())
+
+def test_eta_uses_the_generator():
+    run = lambda s: guided_ddim_sample(denoise, x_T(), AB, 6, eta=1.0, generator=torch.Generator().manual_seed(s))[0]
+    assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+
+@pytest.mark.parametrize('kw,field', [
+    (dict(omega=-0.1), 'omega'), (dict(omega=0.1), 'classifier'),
+    (dict(omega=0.1, classifier=Linear(), guide_every=0), 'guide_every'),
+    (dict(omega=0.1, classifier=Linear(), guide_until=1.5), 'guide_until'),
+    (dict(omega=0.1, classifier=Linear(), grad_norm='l2'), 'grad_norm'),
+    (dict(n_steps=2000), 'n_steps'), (dict(spacing='random'), 'spacing')])
+def test_bad_input(kw, field):
+    kw = {'n_steps': 5, **kw}
+    with pytest.raises(ValueError, match=field): guided_ddim_sample(denoise, x_T(), AB, **kw)
