@@ -6,7 +6,7 @@
 __all__ = ['GRAD_NORMS', 'entropy', 'eval_mode', 'entropy_grad', 'normalize_grad', 'guided_eps', 'GuidanceStats',
            'guided_ddim_sample']
 
-# %% ../nbs/01_guidance.ipynb #d47d88d1
+# %% ../nbs/01_guidance.ipynb #c4510b0f
 from dataclasses import dataclass, field
 from contextlib import contextmanager
 import torch
@@ -15,14 +15,14 @@ from torch import Tensor
 from fastprogress.fastprogress import progress_bar
 from .ddim import alpha_bar_pairs, ddim_timesteps, ddim_step, predict_eps, predict_x0
 
-# %% ../nbs/01_guidance.ipynb #5bded831
+# %% ../nbs/01_guidance.ipynb #3269ddf7
 def entropy(logits:Tensor # (B, C) classifier logits
            )->Tensor:     # (B,) softmax entropy in nats
     "Per-sample entropy $H = -\\sum_c p_c \\log p_c$ of the softmax of `logits`."
     logp = F.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)  # fp16/bf16 -> fp32
     return -(logp.exp() * logp).sum(-1)
 
-# %% ../nbs/01_guidance.ipynb #b0c280db
+# %% ../nbs/01_guidance.ipynb #ff05c582
 @contextmanager
 def eval_mode(model:torch.nn.Module):
     "Put `model` in eval mode (no BatchNorm updates, no dropout) and restore its mode afterwards."
@@ -46,7 +46,7 @@ def entropy_grad(x_t:Tensor,          # noisy sample at step t
         H = entropy(classifier(inp)).sum()
         return torch.autograd.grad(H, x)[0]
 
-# %% ../nbs/01_guidance.ipynb #ad4b5ea5
+# %% ../nbs/01_guidance.ipynb #23d769a7
 GRAD_NORMS = ('rms', 'none')
 
 def normalize_grad(grad:Tensor,      # (B, ...) raw gradient
@@ -57,7 +57,7 @@ def normalize_grad(grad:Tensor,      # (B, ...) raw gradient
     rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12)
     return grad / rms.view(-1, *[1] * (grad.ndim - 1))
 
-# %% ../nbs/01_guidance.ipynb #9eed5bd5
+# %% ../nbs/01_guidance.ipynb #6bba65c0
 def guided_eps(eps_uncond:Tensor,     # noise prediction without the condition
                eps_cond:Tensor,       # noise prediction with the condition (class or prompt)
                alpha_bar_t,           # cumulative alpha at t
@@ -70,7 +70,7 @@ def guided_eps(eps_uncond:Tensor,     # noise prediction without the condition
     if grad is None or omega == 0: return eps
     return eps - (1 - torch.as_tensor(alpha_bar_t, dtype=eps.dtype)).sqrt() * omega * grad
 
-# %% ../nbs/01_guidance.ipynb #67211131
+# %% ../nbs/01_guidance.ipynb #b35dae6c
 @dataclass
 class GuidanceStats:
     "What happened during one guided sampling run."
@@ -85,7 +85,7 @@ def _is_guided(i, n_steps, guide_every, guide_until): return i % guide_every == 
 
 def _finite(x:Tensor)->Tensor: return torch.isfinite(x.flatten(1)).all(1)
 
-# %% ../nbs/01_guidance.ipynb #587eacda
+# %% ../nbs/01_guidance.ipynb #6d38252e
 def _guidance_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type):
     "Noise prediction at x_t and the raw entropy gradient (eps detached, or through the denoiser)."
     if not through:
@@ -100,7 +100,7 @@ def _guidance_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, through,
         H = entropy(classifier(decode(x0_hat) if decode is not None else x0_hat)).sum()
         return eps.detach(), torch.autograd.grad(H, x)[0]
 
-# %% ../nbs/01_guidance.ipynb #b5a95403
+# %% ../nbs/01_guidance.ipynb #e8acb95b
 def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, out_cond), the model's outputs
                        x_T:Tensor,                 # starting noise
                        alpha_bar:Tensor,           # (T,) schedule from `alpha_bars`
@@ -141,7 +141,7 @@ def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, 
                 x = ddim_step(x, u + cfg_scale * (c - u), a_t, a_prev, eta, noise, prediction_type)
     return x, stats
 
-# %% ../nbs/01_guidance.ipynb #4291b9e0
+# %% ../nbs/01_guidance.ipynb #faa404ba
 def _guarded_step(x, eps, g, a_t, a_prev, omega, grad_norm, eta, noise, stats):
     "One entropy-guided DDIM step, dropping non-finite gradients and redoing non-finite steps unguided."
     ok = _finite(g)
