@@ -1,0 +1,80 @@
+"dp-train as users run it: bad flags refused in one line, and kill -9 then --resume == an uninterrupted run."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+from deliberate_practice.cli import dp_train
+
+BAD_FLAGS = [
+    (['--prune-frac', '1.5'], 'prune_frac must be in [0, 1], got 1.5'),
+    (['--epochs', 'ten'], "epochs must be an integer, got 'ten'"),
+    (['--omega', 'lots'], "omega must be a finite number, got 'lots'"),
+    (['--omega', 'nan'], 'omega must be a finite number, got nan'),
+    (['--selection', 'hardest'], 'selection must be one of'),
+    (['--scheduler', 'step'], 'scheduler must be one of'),
+    (['--gen-batch-size', '0'], 'gen_batch_size must be >= 1 or None, got 0'),
+    (['--device', 'gpu0'], "device must be a torch device"),
+    (['--patience', '-2'], 'patience must be >= 1, got -2'),
+    (['--warmup-frac', '0.5', '--decay-frac', '0.6'], 'decay_frac must be in [0, 1 - warmup_frac = 0.5], got 0.6'),
+    (['--dataset', 'imagenet100'], 'data_root must be set'),
+    (['--preset', 'cifar'], "argument --preset: invalid choice: 'cifar'"),
+    (['--prune_frac', '0.5'], 'unrecognized arguments: --prune_frac'),
+    ([], None),  # --out missing
+]
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+def _run(argv):
+    try: dp_train(argv)
+    except SystemExit as e: return e.code
+    return 0
+
+@pytest.mark.parametrize('flags,msg', BAD_FLAGS, ids=[' '.join(f) or 'no-out' for f, _ in BAD_FLAGS])
+def test_bad_flag_one_line(flags, msg, tmp_path, capsys):
+    argv = flags if msg is None else ['--out', str(tmp_path / 'run'), *flags]
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('dp-train: error: '), err
+    if msg: assert msg in err
+    assert not (tmp_path / 'run').exists()                     # nothing written
+
+ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')   # tiny models: one thread (see test_trainer.one_thread)
+FLAGS = ['--pool-size', '60', '--n-steps', '4', '--epochs', '6', '--patience', '1', '--batch-size', '16', '--quiet']
+
+def test_bad_flag_subprocess_no_traceback(tmp_path):
+    r = subprocess.run(['dp-train', '--out', str(tmp_path), '--prune-frac', '1.5'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and r.stdout == ''
+    assert r.stderr == 'dp-train: error: prune_frac must be in [0, 1], got 1.5\n'
+
+def _lines(d): return [json.loads(l) for l in (d / 'history.jsonl').read_text().splitlines()] if (d / 'history.jsonl').exists() else []
+def _strip(h): return [{k: v for k, v in r.items() if k != 'wall_s'} for r in h]
+
+def test_kill9_then_resume_equals_uninterrupted(tmp_path):
+    killed, ref = tmp_path / 'killed', tmp_path / 'ref'
+    p = subprocess.Popen(['dp-train', '--out', str(killed), *FLAGS], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while len(_lines(killed)) < 2:                             # history.jsonl is written after the epoch's checkpoint
+        assert p.poll() is None, p.stderr.read().decode()
+        assert time.time() - t0 < 120
+        time.sleep(0.005)
+    p.send_signal(signal.SIGKILL); p.wait()
+    n_done = len(_lines(killed))
+    assert 2 <= n_done < 6, n_done                              # killed mid-run
+    assert not (killed / 'final.json').exists()
+    dp_train(['--out', str(ref), *FLAGS])                       # the uninterrupted run, in this process
+    r = subprocess.run(['dp-train', '--out', str(killed), '--resume', '--quiet'], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert _strip(_lines(killed)) == _strip(_lines(ref))
+    assert json.loads((killed / 'final.json').read_text()) == json.loads((ref / 'final.json').read_text())
+    assert sorted(f.name for f in killed.iterdir()) == ['checkpoint.pt', 'final.json', 'history.jsonl']   # no temp or half-written file
+
+def test_resume_refuses_changed_config(tmp_path, capsys):
+    dp_train(['--out', str(tmp_path), '--pool-size', '20', '--n-steps', '2', '--epochs', '1', '--quiet'])
+    assert _run(['--out', str(tmp_path), '--resume', '--epochs', '2']) == 2
+    assert 'epochs is 1 in the checkpoint, got 2' in capsys.readouterr().err
+    assert _run(['--out', str(tmp_path), '--epochs', '1']) == 2       # a fresh run into a used folder
+    assert 'pass --resume or another --out' in capsys.readouterr().err
