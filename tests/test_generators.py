@@ -1,0 +1,185 @@
+"Generators: seeding and batch-size invariance, label validation, the tiny Stable Diffusion pipeline end to end, weight files."
+import pytest
+import torch
+from torch import nn
+from deliberate_practice.data import digits_splits
+from deliberate_practice.generators import (DIGITS_TRAINING, StableDiffusionGenerator, check_labels, digits_unet, initial_noise,
+                                            load_digits_generator, save_digits_unet, tiny_sd_components, train_digits_generator,
+                                            DigitsGenerator)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    "Tiny tensors: on a shared 2-core machine one torch thread is several times faster than two."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def gen(): return load_digits_generator()
+
+
+def tiny_classifier(in_chans, n_classes, seed=0):
+    "A small conv net as the entropy feedback (weights fixed by `seed`)."
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(in_chans, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                             nn.Linear(64, n_classes))
+
+
+@pytest.fixture(scope='module')
+def sd(): return StableDiffusionGenerator(**tiny_sd_components(seed=0), class_names=['tench', 'goldfish', 'shark'], classifier_size=12)
+
+
+# ---- digits ---------------------------------------------------------------------------------------------------------
+
+LABELS = torch.arange(10).repeat(3)
+
+@pytest.mark.parametrize('omega', [0.0, 0.1])
+def test_digits_batch_size_invariance(gen, omega):
+    "Batching changes nothing but float round-off (which entropy guidance may amplify a little, never into another image)."
+    clf = tiny_classifier(1, 10)
+    ref, st = gen.sample(LABELS, omega=omega, classifier=clf, seed=3, n_steps=8, return_stats=True)
+    for bs in (1, 7):
+        out, st_b = gen.sample(LABELS[:14] if bs == 1 else LABELS, omega=omega, classifier=clf, seed=3, n_steps=8, batch_size=bs,
+                               return_stats=True)
+        diff = (out - ref[:len(out)]).abs()
+        assert diff.max() < (1e-5 if omega == 0 else 5e-3) and diff.mean() < 1e-5
+        assert (st_b.n_steps, st_b.n_guided_steps) == (st.n_steps, st.n_guided_steps)
+        if bs == 7: assert st_b.mean_grad_norm == pytest.approx(st.mean_grad_norm, rel=1e-4)
+    assert st.n_guided_steps == (8 if omega else 0)
+
+
+def test_digits_seed(gen):
+    a = gen.sample(LABELS, seed=0, n_steps=10)
+    assert torch.equal(a, gen.sample(LABELS, seed=0, n_steps=10))              # same seed: identical
+    torch.testing.assert_close(a[:5], gen.sample(LABELS[:5], seed=0, n_steps=10), atol=1e-5, rtol=0)  # prefix does not depend on the tail
+    assert (a - gen.sample(LABELS, seed=1, n_steps=10)).abs().mean() > 0.05     # another seed: other images
+    assert a.shape == (30, 1, 8, 8) and a.dtype == torch.float32 and a.min() >= 0 and a.max() <= 1
+
+
+def test_digits_label_changes_image(gen):
+    "The same noise with another label gives another digit (the condition is used)."
+    a, b = gen.sample([3] * 8, seed=0), gen.sample([8] * 8, seed=0)
+    assert (a - b).abs().mean() > 0.05
+
+
+def test_guidance_changes_images(gen):
+    clf = tiny_classifier(1, 10)
+    a = gen.sample(LABELS, seed=0, n_steps=10)
+    b = gen.sample(LABELS, seed=0, n_steps=10, omega=1.0, classifier=clf)
+    c = gen.sample(LABELS, seed=0, n_steps=10, omega=1.0, classifier=clf, grad_through_denoiser=True)
+    assert (a - b).abs().mean() > 1e-3 and (a - c).abs().mean() > 1e-3 and (b - c).abs().mean() > 1e-4
+
+
+@pytest.mark.parametrize('labels,match', [
+    ([[0, 1]], '1-D'), (torch.zeros(2, 2, dtype=torch.long), '1-D'), ([0.5, 1.0], 'integer'),
+    (torch.tensor([True, False]), 'integer'), ([10], r'\[0, 10\)'), ([-1, 3], r'\[0, 10\)')])
+def test_label_validation(gen, labels, match):
+    with pytest.raises(ValueError, match=match): gen.sample(labels)
+
+
+@pytest.mark.parametrize('bs', [0, -2, 1.5])
+def test_batch_size_validation(gen, bs):
+    with pytest.raises(ValueError, match='batch_size'): gen.sample([1, 2], batch_size=bs)
+
+
+def test_empty_and_array_labels(gen):
+    import numpy as np
+    assert gen.sample([]).shape == (0, 1, 8, 8)
+    out, st = gen.sample([], return_stats=True)
+    assert st.n_guided_steps == 0
+    assert torch.equal(gen.sample(np.array([1, 2]), n_steps=5), gen.sample(torch.tensor([1, 2]), n_steps=5))
+    assert torch.equal(check_labels((4, 5), 10), torch.tensor([4, 5]))
+
+
+def test_omega_needs_classifier(gen):
+    with pytest.raises(ValueError, match='classifier'): gen.sample([1], omega=0.1)
+
+
+def test_null_label_must_be_extra_class():
+    with pytest.raises(ValueError, match='null_label'): DigitsGenerator(digits_unet(), null_label=3)
+
+
+def test_initial_noise_is_per_image():
+    z = initial_noise(6, (2, 3), seed=9)
+    assert torch.equal(z[2], torch.randn((2, 3), generator=torch.Generator().manual_seed(9 * 1_000_003 + 2)))
+
+
+# ---- weights --------------------------------------------------------------------------------------------------------
+
+def test_missing_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match='train_digits_generator'): load_digits_generator(path=tmp_path / 'digits_unet')
+
+
+def test_save_load_roundtrip(tmp_path):
+    x, y = digits_splits(seed=0)['gen']
+    unet = train_digits_generator(x, y, n_steps=2, warmup=1, batch_size=8, progress=False)
+    stem = save_digits_unet(unet, tmp_path / 'w', training=dict(DIGITS_TRAINING, n_steps=2))
+    g2 = load_digits_generator(path=stem)
+    for k, v in unet.state_dict().items(): assert torch.equal(g2.unet.state_dict()[k], v)
+    assert torch.equal(DigitsGenerator(unet).sample([1, 2], n_steps=3), g2.sample([1, 2], n_steps=3))
+
+
+def test_training_deterministic_and_validated():
+    x, y = digits_splits(seed=0)['gen']
+    kw = dict(n_steps=2, warmup=1, batch_size=8, progress=False)
+    a, b = train_digits_generator(x, y, **kw), train_digits_generator(x, y, **kw)
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()): assert torch.equal(v, w), k
+    with pytest.raises(ValueError, match='y must'): train_digits_generator(x, y[:5], **kw)
+    with pytest.raises(ValueError, match='p_uncond'): train_digits_generator(x, y, p_uncond=1.0, **kw)
+
+
+# ---- tiny Stable Diffusion ------------------------------------------------------------------------------------------
+
+def test_tiny_sd_end_to_end(sd):
+    clf = tiny_classifier(3, 3)
+    lab = [0, 2, 1]
+    plain = sd.sample(lab, n_steps=4, seed=0)
+    guided, st = sd.sample(lab, n_steps=4, seed=0, omega=1.0, classifier=clf, return_stats=True)
+    assert guided.shape == (3, 3, 16, 16) and torch.isfinite(guided).all() and guided.min() >= 0 and guided.max() <= 1
+    assert (st.n_guided_steps, st.n_nonfinite) == (4, 0) and st.mean_grad_norm > 0
+    assert (guided - plain).abs().max() > 1e-3
+    assert torch.equal(guided, sd.sample(lab, n_steps=4, seed=0, omega=1.0, classifier=clf))       # deterministic
+    torch.testing.assert_close(sd.sample(lab, n_steps=4, seed=0, omega=1.0, classifier=clf, batch_size=2), guided, atol=1e-4, rtol=0)
+    through = sd.sample(lab, n_steps=4, seed=0, omega=1.0, classifier=clf, grad_through_denoiser=True, guide_every=2)
+    assert torch.isfinite(through).all() and (through - plain).abs().max() > 1e-3
+
+
+def test_tiny_sd_classifier_sees_resized_decoded_images(sd):
+    z = torch.randn(2, *sd.latent_shape, requires_grad=True)
+    x = sd.decode(z)
+    assert x.shape == (2, 3, 12, 12) and x.min() >= 0 and x.max() <= 1
+    x.sum().backward()
+    assert z.grad.abs().sum() > 0                       # differentiable through resize and VAE decoder
+
+
+def test_tiny_sd_prompts(sd):
+    "One embedding per class, and the class decides the image."
+    assert sd.cond_emb.shape[0] == 3 and sd.uncond_emb.shape[0] == 1
+    assert not torch.allclose(sd.cond_emb[0], sd.cond_emb[1])
+    assert (sd.sample([0, 0], seed=0, n_steps=3) - sd.sample([1, 1], seed=0, n_steps=3)).abs().max() > 1e-4
+
+
+def test_sd_from_pretrained_roundtrip(sd, tmp_path):
+    sd.save_pretrained(tmp_path)
+    sd2 = StableDiffusionGenerator.from_pretrained(tmp_path, sd.class_names, classifier_size=12)
+    assert sd2.sampler_kw == sd.sampler_kw and sd2.image_shape == sd.image_shape
+    assert torch.equal(sd2.sample([0, 1], n_steps=3), sd.sample([0, 1], n_steps=3))
+
+
+def test_sd_from_pretrained_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match='local_files_only'):
+        StableDiffusionGenerator.from_pretrained(tmp_path / 'nothing', ['a'])
+    with pytest.raises(FileNotFoundError, match='unet'):
+        StableDiffusionGenerator.from_pretrained(tmp_path, ['a'])                          # exists, but not the layout
+
+
+def test_sd_validation():
+    comps = tiny_sd_components()
+    with pytest.raises(ValueError, match='class_names'): StableDiffusionGenerator(**comps, class_names=[])
+    with pytest.raises(ValueError, match='image_size'): StableDiffusionGenerator(**comps, class_names=['a'], image_size=15)
+    comps['scheduler'] = comps['scheduler'].__class__.from_config(comps['scheduler'].config, clip_sample=True)
+    with pytest.raises(ValueError, match='clip_sample'): StableDiffusionGenerator(**comps, class_names=['a'])
