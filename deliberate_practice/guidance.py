@@ -24,13 +24,13 @@ def entropy(logits:Tensor # (B, C) classifier logits
 
 # %% ../nbs/01_guidance.ipynb #ff05c582
 @contextmanager
-def eval_mode(model:torch.nn.Module):
-    "Put `model` in eval mode (no BatchNorm updates, no dropout) and restore its mode afterwards."
-    if not isinstance(model, torch.nn.Module): yield model; return   # a plain function has no mode
-    was_training = model.training
-    model.eval()
+def eval_mode(model):
+    "Every submodule of `model` in eval mode (no BatchNorm updates, no dropout) inside the block; each one's own mode restored after."
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []  # a plain function has no mode
+    for m, _ in modes: m.training = False
     try: yield model
-    finally: model.train(was_training)
+    finally:
+        for m, t in modes: m.training = t
 
 def entropy_grad(x_t:Tensor,          # noisy sample at step t
                  eps:Tensor,          # the noise prediction at t (held fixed)

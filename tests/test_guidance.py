@@ -70,3 +70,10 @@ def test_eta_uses_the_generator():
 def test_bad_input(kw, field):
     kw = {'n_steps': 5, **kw}
     with pytest.raises(ValueError, match=field): guided_ddim_sample(denoise, x_T(), AB, **kw)
+
+def test_eval_mode_restores_every_submodule():
+    from deliberate_practice.guidance import eval_mode
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()).train()
+    m[1].eval()                                    # a submodule deliberately frozen in eval mode
+    with eval_mode(m): assert not any(x.training for x in m.modules())
+    assert m.training and m[0].training and not m[1].training
