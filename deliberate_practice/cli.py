@@ -5,32 +5,33 @@
 # %% auto #0
 __all__ = ['build_parser', 'parse_args', 'dp_train']
 
-# %% ../nbs/08_cli.ipynb #750ca7bf
+# %% ../nbs/08_cli.ipynb #4e449efc
 import argparse, dataclasses, json, sys
 from pathlib import Path
 from fastcore.docments import docments
-from .trainer import DPConfig, DPTrainer, PRESETS, TYPE_NAMES, preset, CHECKPOINT
+from .trainer import DPConfig, DPTrainer, PRESETS, TYPE_NAMES, preset, CHECKPOINT, distributed_state
 
-# %% ../nbs/08_cli.ipynb #73fbb1e7
+# %% ../nbs/08_cli.ipynb #751288f9
 class _OneLineParser(argparse.ArgumentParser):
     "Errors as one line on stderr, exit status 2 (argparse prints the usage too)."
     def error(self, message): self.exit(2, f"{self.prog}: error: {message}\n")
 
 def build_parser()->argparse.ArgumentParser:
-    "The `dp-train` parser: `--out`, `--resume`, `--preset`, `--quiet` and one flag per `DPConfig` field."
+    "The `dp-train` parser: `--out`, `--resume`, `--preset`, `--quiet`, `--tensorboard` and one flag per `DPConfig` field."
     p = _OneLineParser(prog='dp-train', description='Train a classifier with Deliberate Practice on synthetic data.',
                        argument_default=argparse.SUPPRESS)
     p.add_argument('--out', required=True, help='run folder: checkpoint.pt, history.jsonl, final.json')
     p.add_argument('--resume', action='store_true', help="continue the run in --out from its checkpoint")
     p.add_argument('--preset', choices=tuple(PRESETS), help='start from a preset (default: digits)')
     p.add_argument('--quiet', action='store_true', help='no per-epoch line on stdout')
+    p.add_argument('--tensorboard', action='store_true', help='also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)')
     docs = docments(DPConfig)
     for f in dataclasses.fields(DPConfig):
         kw = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(metavar=f.name.upper())
         p.add_argument('--' + f.name.replace('_', '-'), dest=f.name, help=f"{docs.get(f.name) or ''} (default: {f.default})", **kw)
     return p
 
-# %% ../nbs/08_cli.ipynb #4391a16f
+# %% ../nbs/08_cli.ipynb #9bbb0ba9
 def _convert(name:str, s, tp):
     "The string `s` of flag `name` as the field type `tp`, or ValueError naming the field."
     if not isinstance(s, str): return s                                   # bools come converted
@@ -46,7 +47,7 @@ def parse_args(argv:list=None)->tuple:  # command-line arguments (default: sys.a
     types = {f.name: f.type for f in dataclasses.fields(DPConfig)}
     return {k: _convert(k, v, types[k]) for k, v in vars(ns).items() if k in types}, ns
 
-# %% ../nbs/08_cli.ipynb #438f0fca
+# %% ../nbs/08_cli.ipynb #cb859d21
 def _fail(msg): sys.stderr.write(f"dp-train: error: {msg}\n"); sys.exit(2)
 
 def _print_row(trainer, row):
@@ -63,15 +64,17 @@ def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
     "Console script: run (or resume) Deliberate Practice training into `--out` (`history.jsonl`, `final.json`, `checkpoint.pt`)."
     try:
         kw, ns = parse_args(argv)
-        out, cbs = Path(ns.out), [] if getattr(ns, 'quiet', False) else [_print_row]
+        out, cbs, tb = Path(ns.out), [] if getattr(ns, 'quiet', False) else [_print_row], getattr(ns, 'tensorboard', False)
         if getattr(ns, 'resume', False) and (out / CHECKPOINT).exists():
             saved = DPTrainer.saved_config(out)
             for k, v in kw.items():
                 if getattr(saved, k) != v: raise ValueError(f"{k} is {getattr(saved, k)!r} in the checkpoint, got {v!r}: --resume continues the saved run")
-            trainer = DPTrainer.resume(out, callbacks=cbs, **_parts(saved))
+            distributed_state(saved)                  # under `accelerate launch`: bind this process to its device before loading models
+            trainer = DPTrainer.resume(out, callbacks=cbs, tensorboard=tb, **_parts(saved))
         else:
             if (out / CHECKPOINT).exists(): raise ValueError(f"out already holds a run, got {str(out)!r}: pass --resume or another --out")
             cfg = preset(getattr(ns, 'preset', 'digits'), **kw)
-            trainer = DPTrainer(cfg, out=out, callbacks=cbs, **_parts(cfg))
+            distributed_state(cfg)
+            trainer = DPTrainer(cfg, out=out, callbacks=cbs, tensorboard=tb, **_parts(cfg))
     except ValueError as e: _fail(e)
     trainer.fit()

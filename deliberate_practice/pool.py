@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['METRICS', 'INDEX', 'FORMAT', 'SELECTIONS', 'difficulty', 'score_batches', 'atomic_write', 'MemoryStore', 'ShardStore',
-           'read_index', 'Pool']
+           'read_index', 'Pool', 'sample_range']
 
-# %% ../nbs/02_pool.ipynb #6684ddae
+# %% ../nbs/02_pool.ipynb #fd0f0bd1
 import copy, json, math, os, re
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 from .guidance import entropy
 
-# %% ../nbs/02_pool.ipynb #355a70dc
+# %% ../nbs/02_pool.ipynb #a7b5680f
 METRICS = ('entropy', 'margin', 'loss')
 
 def difficulty(logits:Tensor,          # (B, n_classes) classifier logits
@@ -35,7 +35,7 @@ def difficulty(logits:Tensor,          # (B, n_classes) classifier logits
     top2 = logits.softmax(-1).topk(2, dim=-1).values
     return 1 - (top2[:, 0] - top2[:, 1])
 
-# %% ../nbs/02_pool.ipynb #9506710f
+# %% ../nbs/02_pool.ipynb #97ff89a1
 @contextmanager
 def _eval_mode(model):
     "Every submodule of `model` in eval mode inside the block, each one's own mode restored after."
@@ -53,7 +53,7 @@ def _as_float(x:Tensor)->Tensor: return x.float().div_(255) if x.dtype == torch.
 def _to_uint8(x:Tensor)->Tensor:
     return x if x.dtype == torch.uint8 else (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
-# %% ../nbs/02_pool.ipynb #b459bd84
+# %% ../nbs/02_pool.ipynb #e04e3806
 def score_batches(classifier,                 # maps float images in [0, 1] to logits
                   fetch,                      # fetch(start, end) -> images [start, end) (float in [0,1] or uint8)
                   labels:Tensor,              # (N,) labels, for the `loss` metric
@@ -75,7 +75,7 @@ def score_batches(classifier,                 # maps float images in [0, 1] to l
             for m in metrics: out[m].append(difficulty(logits, y, m))
     return {m: torch.cat(v).cpu() if v else torch.empty(0) for m, v in out.items()}
 
-# %% ../nbs/02_pool.ipynb #3c02b5b1
+# %% ../nbs/02_pool.ipynb #e1f56f2c
 def _fsync_dir(d):
     try: fd = os.open(d, os.O_RDONLY)
     except OSError: return                      # no directory handles (Windows)
@@ -97,7 +97,7 @@ def atomic_write(path,   # final file name
         tmp.unlink(missing_ok=True); raise
     _fsync_dir(path.parent)
 
-# %% ../nbs/02_pool.ipynb #5c9e4f03
+# %% ../nbs/02_pool.ipynb #b1b5d927
 class MemoryStore:
     "Images in one in-memory tensor, kept exactly as generated."
     def __init__(self, images:Tensor): self.images = images
@@ -114,7 +114,7 @@ class MemoryStore:
         self.images = new
     def commit(self, meta:dict, info:dict): pass
 
-# %% ../nbs/02_pool.ipynb #02a37259
+# %% ../nbs/02_pool.ipynb #9a99d1a3
 INDEX = 'index.json'
 FORMAT = 'deliberate_practice.pool'
 _FILE_RE = re.compile(r'^(shard|meta)-(\d{8})\.safetensors$')
@@ -140,7 +140,7 @@ class ShardStore:
             out[m] = sl[lo:hi][rows - lo] if hi - lo <= 2 * len(rows) else torch.cat([sl[i:i+1] for i in rows.tolist()])
         return out
 
-# %% ../nbs/02_pool.ipynb #a2b9cebc
+# %% ../nbs/02_pool.ipynb #2e695052
 @patch
 def _new_name(self:ShardStore, kind):
     ids = [int(m.group(2)) for p in self.root.iterdir() if (m := _FILE_RE.match(p.name))]
@@ -166,7 +166,7 @@ def _compact(self:ShardStore, min_live:float=0.5):
     pos = torch.cat([(self.shard == k).nonzero().squeeze(1) for k in sparse])
     for p in pos.split(self.shard_size): self.put(p, self.get(p))
 
-# %% ../nbs/02_pool.ipynb #92728c40
+# %% ../nbs/02_pool.ipynb #655b9265
 @patch
 def commit(self:ShardStore, meta:dict, info:dict):
     "Compact, write the metadata file, then `index.json` (the commit point); then delete unreferenced files."
@@ -194,7 +194,7 @@ def read_index(root)->dict:
     if index.get('format') != FORMAT: raise ValueError(f"{p} is not a {FORMAT} index (format={index.get('format')!r})")
     return index
 
-# %% ../nbs/02_pool.ipynb #24d4098a
+# %% ../nbs/02_pool.ipynb #6c2d6599
 def _as_1d(v, n, name, dtype, fill):
     if v is None: return torch.full((n,), fill, dtype=dtype)
     v = torch.as_tensor(v, dtype=dtype).clone()
@@ -225,7 +225,7 @@ class Pool(torch.utils.data.Dataset):
             for p in torch.arange(n).split(shard_size): self.store.put(p, images[p])
             self._commit()
 
-# %% ../nbs/02_pool.ipynb #c900fc07
+# %% ../nbs/02_pool.ipynb #cf6bae18
 def _fresh_dir(root):
     root = Path(root)
     if (root/INDEX).exists(): raise ValueError(f"root {root} already holds a pool: open it with Pool.load({str(root)!r}) or choose another directory")
@@ -266,10 +266,22 @@ def __repr__(self:Pool):
     where = 'memory' if self.root is None else str(self.root)
     return f"Pool(n={len(self)}, round={self.round}, n_generated={self.n_generated}, image_shape={self.image_shape}, store={where})"
 
-# %% ../nbs/02_pool.ipynb #0ab08ef5
+# %% ../nbs/02_pool.ipynb #cd5a3aee
+def _rank_world(dist)->tuple: return (0, 1) if dist is None else (dist.process_index, dist.num_processes)
+def _part(n:int, rank:int, world:int)->tuple: return n * rank // world, n * (rank + 1) // world
+
+def _gather_cat(dist, *ts):
+    "Each tensor of `ts` concatenated over the processes in rank order (as is with one process)."
+    if _rank_world(dist)[1] == 1: return ts
+    from accelerate.utils import gather_object
+    parts = gather_object([ts])
+    return tuple(torch.cat([p[k] for p in parts]) for k in range(len(ts)))
+
 @patch
-def _scores(self:Pool, classifier, metrics, batch_size=256, progress=False)->dict:
-    return score_batches(classifier, lambda s, e: self.store.get(slice(s, e)), self.labels, metrics, batch_size, progress)
+def _scores(self:Pool, classifier, metrics, batch_size=256, progress=False, dist=None)->dict:
+    a, b = _part(len(self), *_rank_world(dist))                  # this process's contiguous slice (all of it with one process)
+    out = score_batches(classifier, lambda s, e: self.store.get(slice(a + s, a + e)), self.labels[a:b], metrics, batch_size, progress)
+    return dict(zip(metrics, _gather_cat(dist, *(out[m] for m in metrics))))
 
 @patch
 def score(self:Pool,
@@ -277,11 +289,12 @@ def score(self:Pool,
           metric:str="entropy",    # one of `METRICS`
           batch_size:int=256,      # images per forward pass
           progress:bool=False,     # show a fastprogress bar
+          dist=None,               # `accelerate.PartialState` of a multi-process run: each process scores a slice, all get every score
          )->Tensor:                # (N,) float32 difficulty per image, higher = harder
     "Difficulty of every image in the pool under `classifier` (eval mode, no gradients, on its device)."
-    return self._scores(classifier, (metric,), batch_size, progress)[metric]
+    return self._scores(classifier, (metric,), batch_size, progress, dist)[metric]
 
-# %% ../nbs/02_pool.ipynb #f7d13826
+# %% ../nbs/02_pool.ipynb #face43a2
 def _chunk_seed(seed:int, i:int)->int:
     return int(seed) if i == 0 else int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
 
@@ -292,27 +305,88 @@ def _check_labels(labels, generator)->Tensor:
         raise ValueError(f"labels must be a 1-d tensor of class indices in [0, {n_classes}), got {labels.tolist()[:10]}...")
     return labels
 
-# %% ../nbs/02_pool.ipynb #939b8d8b
+# %% ../nbs/02_pool.ipynb #a093adda
+def sample_range(generator, labels, start:int, stop:int, seed:int=0, batch_size:int=None, return_stats:bool=False, cfg_scale:float=2.0,
+                 omega:float=0.0, classifier=None, n_steps:int=20, progress:bool=False, **guidance_kw):
+    "Images `start:stop` of `generator.sample(labels, seed=seed, ...)`, generating only those (each keeps its own noise seed)."
+    from deliberate_practice.generators import DiffusionGenerator, initial_noise, check_labels, _merge_stats, GuidanceStats
+    from deliberate_practice.guidance import guided_ddim_sample
+    kw = dict(cfg_scale=cfg_scale, omega=omega, classifier=classifier, n_steps=n_steps, seed=seed, batch_size=batch_size, progress=progress)
+    if (start, stop) == (0, len(labels)): return generator.sample(labels, return_stats=return_stats, **kw, **guidance_kw)
+    if not isinstance(generator, DiffusionGenerator):                       # no per-image seeds to slice: the whole call, sliced
+        x, st = generator.sample(labels, return_stats=True, **kw, **guidance_kw)
+        return (x[start:stop], st) if return_stats else x[start:stop]
+    g, labels = generator, check_labels(labels, generator.n_classes)[start:stop]
+    x_T, bs = initial_noise(stop, g.latent_shape, seed)[start:], int(batch_size or max(len(labels), 1))
+    skw = {**g.sampler_kw, 'generator': torch.Generator().manual_seed(seed), **guidance_kw}
+    imgs, parts = [torch.empty(0, *g.image_shape)], []
+    for s in range(0, len(labels), bs):
+        lab = labels[s:s + bs].to(g.device)
+        x0, st = guided_ddim_sample(g.denoiser(lab), x_T[s:s + bs].to(g.device), g.alpha_bar, n_steps, cfg_scale, omega, classifier, g.decode, **skw)
+        with torch.no_grad(): imgs.append(g.to_images(x0).float().cpu())
+        parts.append((st, len(lab)))
+    images = torch.cat(imgs)
+    return (images, _merge_stats(parts) if parts else GuidanceStats()) if return_stats else images
+
+# %% ../nbs/02_pool.ipynb #8bf43a1c
+def _scratch_name(round_, i, a, b): return f'r{round_:05d}-c{i:05d}-{a:09d}-{b:09d}.safetensors'
+
+def _load_part(path, labels:Tensor, seed:int):
+    "(images, entropy, n_nonfinite) of a finished slice at `path`, or None if absent or made for other labels or another seed."
+    if path is None or not Path(path).exists(): return None
+    t = load_file(str(path))
+    with safe_open(str(path), framework='pt') as f: info = f.metadata() or {}
+    if not torch.equal(t['labels'], labels) or info.get('seed') != str(seed): return None
+    return t['images'], t['entropy'], int(info['n_nonfinite'])
+
+def _save_part(path, labels, seed, x, ent, n_nonfinite):
+    if path is None: return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    t = dict(images=x.contiguous(), entropy=ent.contiguous(), labels=labels.contiguous())
+    atomic_write(path, lambda p: save_file(t, str(p), metadata=dict(seed=str(seed), n_nonfinite=str(n_nonfinite))))
+
+# %% ../nbs/02_pool.ipynb #d0a13574
 @patch
 def _fill(self:Pool, pos:Tensor, generator, classifier, omega, cfg_scale, n_steps, seed, batch_size, progress,
-          score_batch_size=256, **guidance_kw)->int:
+          score_batch_size=256, dist=None, scratch=None, **guidance_kw)->int:
     "Generate and store images for the labels at positions `pos`, recording their provenance; returns the generator's n_nonfinite."
-    n_nonfinite, chunks = 0, pos.split(self.shard_size)
+    (rank, world), n_nonfinite, chunks = _rank_world(dist), 0, pos.split(self.shard_size)
     for i, p in enumerate(progress_bar(chunks, leave=False) if progress and len(chunks) > 1 else chunks):
-        y = self.labels[p]
-        x, stats = generator.sample(y, cfg_scale=cfg_scale, omega=omega, classifier=classifier, n_steps=n_steps, seed=_chunk_seed(seed, i),
+        y, s = self.labels[p], _chunk_seed(seed, i)
+        a, b = _part(len(p), rank, world)
+        path = None if scratch is None else Path(scratch)/_scratch_name(self.round, i, a, b)
+        done = _load_part(path, y[a:b], s)
+        if done is None:
+            x, stats = sample_range(generator, y, a, b, cfg_scale=cfg_scale, omega=omega, classifier=classifier, n_steps=n_steps, seed=s,
                                     batch_size=batch_size, progress=progress and len(chunks) == 1, return_stats=True, **guidance_kw)
-        if tuple(x.shape) != (len(p), *self.image_shape):
-            raise ValueError(f"generator.sample returned images of shape {tuple(x.shape)}, expected {(len(p), *self.image_shape)}")
-        n_nonfinite += int(stats.n_nonfinite)
-        if classifier is not None:
-            self.entropy_at_birth[p] = score_batches(classifier, lambda s, e: x[s:e], y, ('entropy',), score_batch_size)['entropy']
-        else: self.entropy_at_birth[p] = math.nan
-        self.store.put(p, x.detach().cpu())
+            if tuple(x.shape) != (b - a, *self.image_shape):
+                raise ValueError(f"generator.sample returned images of shape {tuple(x.shape)}, expected {(b - a, *self.image_shape)}")
+            ent = (score_batches(classifier, lambda s_, e_: x[s_:e_], y[a:b], ('entropy',), score_batch_size)['entropy']
+                   if classifier is not None else torch.full((b - a,), math.nan))
+            done = x.detach().cpu(), ent, int(stats.n_nonfinite)
+            _save_part(path, y[a:b], s, *done)
+        x, ent, nf = _gather_cat(dist, done[0], done[1], torch.tensor([done[2]]))
+        n_nonfinite += int(nf.sum())
+        self.entropy_at_birth[p] = ent
+        if rank == 0 or self.root is None: self.store.put(p, x)      # on disk, the main process writes the shards
         self.born[p], self.omega[p] = self.round, float(omega)
     return n_nonfinite
 
-# %% ../nbs/02_pool.ipynb #663025aa
+@patch
+def _commit_all(self:Pool, dist=None, scratch=None):
+    "Commit (on disk: the main process writes, then the others reopen its index) and clear this round's scratch slices."
+    rank, world = _rank_world(dist)
+    if rank == 0: self._commit()
+    if world > 1:
+        dist.wait_for_everyone()
+        if rank and self.root is not None:
+            index = read_index(self.root); meta = load_file(str(self.root/index['meta']))
+            self.store = ShardStore(self.root, index['shards'], meta['shard'], meta['row'], index['image_shape'], index['shard_size'])
+    if rank == 0 and scratch is not None and Path(scratch).exists():
+        for f in Path(scratch).glob(f'r{self.round:05d}-*'): f.unlink(missing_ok=True)
+        if not any(Path(scratch).iterdir()): Path(scratch).rmdir()
+
+# %% ../nbs/02_pool.ipynb #46ef5d69
 @patch(cls_method=True)
 def generate(cls:Pool,
              generator,                 # has `.sample(labels, ...)`, `.image_shape`, `.n_classes` (see `deliberate_practice.generators`)
@@ -324,6 +398,8 @@ def generate(cls:Pool,
              root=None,                 # None: in memory; a directory: on disk, written shard by shard
              progress:bool=False,       # show fastprogress bars
              shard_size:int=2048,       # images per shard and per generator call
+             dist=None,                 # `accelerate.PartialState` of a multi-process run: each process generates a slice (None: one process)
+             scratch=None,              # folder for finished slices, so an interrupted generation resumes (None: none kept)
             )->'Pool':
     "The initial, static pool (round 0, `omega` 0, no classifier yet)."
     labels = _check_labels(labels, generator)
@@ -332,11 +408,11 @@ def generate(cls:Pool,
     n = len(labels)
     pool.labels, pool.born, pool.omega, pool.entropy_at_birth = labels.clone(), torch.zeros(n, dtype=torch.long), torch.zeros(n), torch.full((n,), math.nan)
     pool.n_generated = n
-    pool._fill(torch.arange(n), generator, None, 0.0, cfg_scale, n_steps, seed, batch_size, progress)
-    pool._commit()
+    pool._fill(torch.arange(n), generator, None, 0.0, cfg_scale, n_steps, seed, batch_size, progress, dist=dist, scratch=scratch)
+    pool._commit_all(dist, scratch)
     return pool
 
-# %% ../nbs/02_pool.ipynb #d6c67138
+# %% ../nbs/02_pool.ipynb #a500913e
 SELECTIONS = ('entropy', 'random')
 
 def _balanced_labels(labels:Tensor, k:int)->Tensor:
@@ -354,7 +430,7 @@ def _select(scores:Tensor, n:int, k:int, selection:str, seed:int)->Tensor:
     else: idx = torch.sort(scores, stable=True).indices[:k]
     return idx.sort().values
 
-# %% ../nbs/02_pool.ipynb #63ff7c68
+# %% ../nbs/02_pool.ipynb #7fa8e1a8
 @patch
 def refresh(self:Pool,
             generator,                  # the diffusion generator (`.sample`, see `Pool.generate`)
@@ -370,6 +446,8 @@ def refresh(self:Pool,
             progress:bool=False,        # show fastprogress bars
             score_batch_size:int=256,   # classifier batch size for scoring
             metric:str="entropy",       # the score `selection="entropy"` prunes the lowest of: one of `METRICS`
+            dist=None,                  # `accelerate.PartialState` of a multi-process run: scoring and generation are sharded (None: one process)
+            scratch=None,               # folder for finished generation slices, so an interrupted refresh resumes (None: none kept)
             **guidance_kw,              # passed on to `generator.sample` (e.g. `guide_every`)
            )->dict:                     # what happened (see below)
     "One refresh round: score the pool, prune the easiest `prune_frac`, generate entropy-guided replacements with the same labels."
@@ -383,17 +461,17 @@ def refresh(self:Pool,
     snapshot = {k: v.clone() if isinstance(v, Tensor) else v for k, v in self.__dict__.items()}
     snapshot['store'] = copy.copy(self.store)
     try: return self._refresh(generator, classifier, float(prune_frac), selection, metric, omega, cfg_scale, n_steps, seed, grow, batch_size,
-                              progress, score_batch_size, guidance_kw)
+                              progress, score_batch_size, guidance_kw, dist, scratch)
     except BaseException:
         self.__dict__.update(snapshot); raise                   # the pool is unchanged if generation fails
 
-# %% ../nbs/02_pool.ipynb #61215158
+# %% ../nbs/02_pool.ipynb #2e18001d
 @patch
 def _refresh(self:Pool, generator, classifier, prune_frac, selection, metric, omega, cfg_scale, n_steps, seed, grow, batch_size,
-             progress, score_batch_size, guidance_kw):
+             progress, score_batch_size, guidance_kw, dist=None, scratch=None):
     n = len(self); k = math.floor(prune_frac * n + 0.5)
     metrics = ('entropy',) if metric == 'entropy' or selection == 'random' else ('entropy', metric)
-    scores = self._scores(classifier, metrics, score_batch_size, progress) if classifier is not None else {'entropy': torch.full((n,), math.nan)}
+    scores = self._scores(classifier, metrics, score_batch_size, progress, dist) if classifier is not None else {'entropy': torch.full((n,), math.nan)}
     H = scores['entropy']
     pruned = torch.empty(0, dtype=torch.long) if grow else _select(scores.get(metric), n, k, selection, seed)
     self.round += 1
@@ -403,16 +481,17 @@ def _refresh(self:Pool, generator, classifier, prune_frac, selection, metric, om
         self.born, self.omega = torch.cat([self.born, torch.zeros(k, dtype=torch.long)]), torch.cat([self.omega, torch.zeros(k)])
         self.entropy_at_birth = torch.cat([self.entropy_at_birth, torch.full((k,), math.nan)])
     else: new = pruned
-    n_nonfinite = self._fill(new, generator, classifier, omega, cfg_scale, n_steps, seed, batch_size, progress, score_batch_size, **guidance_kw) if k else 0
+    n_nonfinite = self._fill(new, generator, classifier, omega, cfg_scale, n_steps, seed, batch_size, progress, score_batch_size,
+                             dist=dist, scratch=scratch, **guidance_kw) if k else 0
     self.n_generated += k
-    self._commit()
+    self._commit_all(dist, scratch)
     H_after = torch.cat([H, self.entropy_at_birth[new]]) if grow else H.index_put((new,), self.entropy_at_birth[new])
     mean = lambda t: t.mean().item() if len(t) else math.nan
     return dict(n_pruned=len(pruned), n_new=k, mean_entropy_before=mean(H), mean_entropy_after=mean(H_after),
                 mean_entropy_pruned=mean(H[pruned]), mean_entropy_new=mean(self.entropy_at_birth[new]),
                 pruned_indices=pruned, new_indices=new, n_nonfinite=n_nonfinite, round=self.round, n_generated=self.n_generated)
 
-# %% ../nbs/02_pool.ipynb #b53fc72d
+# %% ../nbs/02_pool.ipynb #537a2878
 @patch
 def state_dict(self:Pool)->dict:
     "Everything needed to rebuild the pool: labels, provenance, counters, and the images (in memory) or the shard index (on disk)."
@@ -423,7 +502,9 @@ def state_dict(self:Pool)->dict:
     return {**sd, 'root': str(s.root), 'shards': list(s.shards), 'shard': s.shard.clone(), 'row': s.row.clone(), 'image_shape': list(s.image_shape)}
 
 @patch
-def load_state_dict(self:Pool, sd:dict):
+def load_state_dict(self:Pool, sd:dict,
+                    commit:bool=True, # re-commit an on-disk pool's index (False: only read it, as the non-main processes of a multi-process run do)
+                   ):
     "Replace this pool's contents with those of `sd` (from `state_dict`); an on-disk pool's index is re-committed."
     if sd.get('format') != FORMAT: raise ValueError(f"state dict format must be {FORMAT!r}, got {sd.get('format')!r}")
     self.labels, self.born, self.omega, self.entropy_at_birth = (sd[k].clone() for k in ('labels', 'born', 'omega', 'entropy_at_birth'))
@@ -432,12 +513,13 @@ def load_state_dict(self:Pool, sd:dict):
     missing = [n for n in sd['shards'] if not (Path(sd['root'])/n).exists()]
     if missing: raise FileNotFoundError(f"pool shards {missing[:3]} are missing from {sd['root']}: this checkpoint is more than one refresh older than the pool on disk")
     self.store = ShardStore(sd['root'], sd['shards'], sd['shard'], sd['row'], sd['image_shape'], self.shard_size)
-    self._commit(); return self
+    if commit: self._commit()
+    return self
 
 @patch(cls_method=True)
 def from_state_dict(cls:Pool, sd:dict)->'Pool': return cls.__new__(cls).load_state_dict(sd)
 
-# %% ../nbs/02_pool.ipynb #34892862
+# %% ../nbs/02_pool.ipynb #2d9e12e2
 @patch
 def save(self:Pool, path):
     "Atomically write an in-memory pool to one safetensors file, or an on-disk pool to a pool directory (`path == root`: re-commit)."
@@ -457,7 +539,7 @@ def _link_or_copy(src, dst):
     try: os.link(src, dst)
     except OSError: import shutil; shutil.copyfile(src, dst)
 
-# %% ../nbs/02_pool.ipynb #c07f45f0
+# %% ../nbs/02_pool.ipynb #852d198b
 @patch(cls_method=True)
 def load(cls:Pool, path)->'Pool':
     "Open a pool saved with `save`: a safetensors file (into memory) or a pool directory (lazily, in place)."

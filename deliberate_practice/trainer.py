@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['SELECTIONS', 'SCORE_METRICS', 'SCHEDULERS', 'DATASETS', 'TYPE_NAMES', 'PRESETS', 'POOL', 'INIT', 'EPOCH', 'REFRESH',
-           'CHECKPOINT', 'HISTORY', 'FINAL', 'DPConfig', 'preset', 'wsd_lr', 'cosine_lr', 'in_decay_phase',
-           'derive_seed', 'seeded', 'as_dataset', 'evaluate', 'atomic_write', 'DPTrainer']
+           'CHECKPOINT', 'HISTORY', 'HISTORY_CSV', 'FINAL', 'TENSORBOARD', 'DPConfig', 'preset', 'wsd_lr', 'cosine_lr',
+           'in_decay_phase', 'derive_seed', 'seeded', 'as_dataset', 'evaluate', 'atomic_write', 'DPTrainer',
+           'distributed_state', 'history_csv', 'tensorboard_callback']
 
-# %% ../nbs/03_trainer.ipynb #7ed913f5
-import dataclasses, json, math, os, random, time, numbers
+# %% ../nbs/03_trainer.ipynb #3aa7e536
+import csv, dataclasses, io, json, math, os, random, sys, time, numbers
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 from functools import partial
@@ -16,16 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn, Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, TensorDataset
+from accelerate import PartialState
 from fastprogress.fastprogress import master_bar, progress_bar
 from fastcore.basics import patch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from .guidance import entropy, eval_mode
-from .pool import Pool
+from .pool import Pool, _part, _gather_cat
 
-# %% ../nbs/03_trainer.ipynb #7d44eb6c
+# %% ../nbs/03_trainer.ipynb #e66dbc65
 SELECTIONS = ('entropy', 'random', 'none')       # how a refresh picks the images it prunes; 'none' = static pool
 SCORE_METRICS = ('entropy', 'margin', 'loss')    # `Pool.score` metrics (higher = harder)
 SCHEDULERS = ('wsd', 'cosine')
@@ -70,7 +72,7 @@ class DPConfig:
     @classmethod
     def from_dict(cls, d:dict): return cls(**d)
 
-# %% ../nbs/03_trainer.ipynb #5b7042f4
+# %% ../nbs/03_trainer.ipynb #5ca83fac
 TYPE_NAMES = {int: 'an integer', float: 'a finite number', bool: 'True or False', str: 'a non-empty string'}
 
 def _check_type(name, v, tp):
@@ -104,7 +106,7 @@ def _validate(c:DPConfig):
     if c.dataset != 'digits':
         for f in ('data_root', 'sd_path'): need(getattr(c, f) is not None, f, f'set for dataset {c.dataset!r}')
 
-# %% ../nbs/03_trainer.ipynb #b6405db9
+# %% ../nbs/03_trainer.ipynb #0175b11e
 _IMAGENET = dict(patience=8, prune_frac=1.0, omega=0.05, cfg_scale=3.0, cfg_scale_init=2.0, n_steps=50, guide_every=1,
                  model='vit_base_patch16_224', epochs=100, lr=5e-4, weight_decay=0.05, batch_size=256, label_smoothing=0.1,
                  mixup=0.8, cutmix=1.0, ema_decay=0.9998, gen_batch_size=64, device='cuda')
@@ -119,7 +121,7 @@ def preset(name:str, # one of `PRESETS`
     if name not in PRESETS: raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
     return DPConfig(**{**PRESETS[name], **kw})
 
-# %% ../nbs/03_trainer.ipynb #afc778a6
+# %% ../nbs/03_trainer.ipynb #5a785f16
 def _phases(total, warmup_frac, decay_frac): return round(warmup_frac * total), round(decay_frac * total)
 
 def wsd_lr(step:int,               # optimizer step (0-based)
@@ -144,7 +146,7 @@ def cosine_lr(step:int,              # optimizer step (0-based)
     if total <= w: return 1.0
     return 0.5 * (1 + math.cos(math.pi * min(step - w, total - w) / (total - w)))
 
-# %% ../nbs/03_trainer.ipynb #2d79dfd6
+# %% ../nbs/03_trainer.ipynb #01b48e4a
 def in_decay_phase(epoch:int,         # 0-based epoch
                    epochs:int,        # epochs in the run
                    decay_frac:float,  # fraction of training in the cool-down
@@ -152,7 +154,7 @@ def in_decay_phase(epoch:int,         # 0-based epoch
     "Whether `epoch` reaches the final cool-down, where refreshes stop."
     return epoch + 1 > epochs * (1 - decay_frac)
 
-# %% ../nbs/03_trainer.ipynb #bfe7d110
+# %% ../nbs/03_trainer.ipynb #4d45d0bb
 POOL, INIT, EPOCH, REFRESH = range(4)   # random streams of a run
 
 def derive_seed(seed:int, *keys:int)->int:
@@ -170,7 +172,7 @@ def seeded(seed:int):
         torch.set_rng_state(states[0]); np.random.set_state(states[1]); random.setstate(states[2])
         if cuda: torch.cuda.set_rng_state_all(states[3])
 
-# %% ../nbs/03_trainer.ipynb #7c0dcf44
+# %% ../nbs/03_trainer.ipynb #a119b853
 def as_dataset(data)->Dataset:
     "`(x, y)` tensors as a `TensorDataset`; a `Dataset` as is."
     return TensorDataset(*data) if isinstance(data, (tuple, list)) else data
@@ -193,15 +195,15 @@ def atomic_write(path, write):
     path = Path(path); tmp = path.with_name(path.name + '.tmp')
     write(tmp); os.replace(tmp, path)
 
-# %% ../nbs/03_trainer.ipynb #3b03e9ae
-def _default_parts(cfg, generator, data, classifier):
+# %% ../nbs/03_trainer.ipynb #8b8792ae
+def _default_parts(cfg, generator, data, classifier, device=None):
     "Generator, real data and classifier for `cfg.dataset`, where not given."
     if cfg.dataset != 'digits' and (generator is None or data is None):
         raise ValueError(f"dataset {cfg.dataset!r} needs generator=StableDiffusionGenerator.from_pretrained(sd_path, ...) "
                          "and data=dict(val=..., test=...) built from data_root")
     if generator is None:
         from deliberate_practice.generators import load_digits_generator
-        generator = load_digits_generator(device=cfg.device)
+        generator = load_digits_generator(device=device or cfg.device)
     if data is None:
         from deliberate_practice.data import digits_splits
         data = digits_splits()
@@ -212,7 +214,7 @@ def _default_parts(cfg, generator, data, classifier):
                                            img_size=generator.image_shape[-1])
     return generator, data, classifier
 
-# %% ../nbs/03_trainer.ipynb #8fe78abc
+# %% ../nbs/03_trainer.ipynb #77c45e10
 class DPTrainer:
     "Deliberate Practice: train on a synthetic pool that is refreshed with entropy-guided images whenever real-val accuracy plateaus."
     def __init__(self, cfg:DPConfig,            # the run's configuration
@@ -221,17 +223,24 @@ class DPTrainer:
                  classifier:nn.Module=None,     # [0, 1] images -> logits (default: `create_classifier(cfg.model)`)
                  out=None,                      # folder for checkpoint.pt, history.jsonl, final.json (None: nothing written)
                  progress:bool=False,           # fastprogress bars and a live plot
-                 callbacks=()):                 # functions `cb(trainer, row)` called after each epoch
-        self.cfg, self.out, self.progress, self.callbacks = cfg, out and Path(out), progress, list(callbacks)
-        self.generator, self.data, model = _default_parts(cfg, generator, data, classifier)
-        self.device = torch.device(cfg.device)
+                 callbacks=(),                  # functions `cb(trainer, row)` called after each epoch (on the main process)
+                 tensorboard:bool=False):       # also write TensorBoard scalars to `out/tensorboard` (if tensorboard is installed)
+        self.dist = distributed_state(cfg)
+        self.world, self.is_main = self.dist.num_processes, self.dist.is_main_process
+        if cfg.batch_size % self.world: raise ValueError(f"batch_size must be a multiple of the number of processes ({self.world}), got {cfg.batch_size}")
+        self.cfg, self.out, self.progress, self.callbacks = cfg, out and Path(out), progress and self.is_main, list(callbacks)
+        self.device = torch.device(cfg.device) if self.world == 1 or torch.device(cfg.device).type == 'cpu' else self.dist.device
+        self.generator, self.data, model = _default_parts(cfg, generator, data, classifier, self.device)
         self.model = model.to(self.device)
         self._build_optim()
+        self.train_model, self.acc = self.model, None           # one process: the model itself; several: its DDP wrapper
+        if self.world > 1: self._prepare_distributed()
+        if tensorboard and self.out is not None and self.is_main: self.callbacks += [c for c in [tensorboard_callback(self.out / TENSORBOARD)] if c]
         self.pool, self.epoch, self.step, self.history, self.wall_s = None, 0, 0, [], 0.0
         self.best_val, self.wait, self.cur_patience, self.n_refreshes = -1.0, 0, cfg.patience, 0
         self.mb = None
 
-# %% ../nbs/03_trainer.ipynb #ee044846
+# %% ../nbs/03_trainer.ipynb #fbde08d7
 @patch
 def _build_optim(self:DPTrainer):
     c = self.cfg
@@ -250,7 +259,34 @@ def eval_model(self:DPTrainer)->nn.Module:
     "The model that is evaluated and gives feedback: the EMA if on, else the trained one."
     return self.ema.module if self.ema is not None else self.model
 
-# %% ../nbs/03_trainer.ipynb #025a9107
+# %% ../nbs/03_trainer.ipynb #18d0b5a8
+def distributed_state(cfg:DPConfig)->PartialState:
+    "The `accelerate` process state of this run (one process when not launched by `accelerate launch`); CPU runs use gloo."
+    return PartialState(cpu=torch.device(cfg.device).type == 'cpu')
+
+@patch
+def _prepare_distributed(self:DPTrainer):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+    self.acc = Accelerator(cpu=self.device.type == 'cpu', dataloader_config=DataLoaderConfiguration(split_batches=True))
+    self.train_model, self.opt = self.acc.prepare(self.model, self.opt)
+
+@patch
+def _sync_buffers(self:DPTrainer):
+    "Every process takes the main process's buffers (BatchNorm statistics), of the model and of its EMA."
+    if self.world == 1: return
+    for b in {id(b): b for m in (self.model, self.eval_model) for b in m.buffers()}.values(): torch.distributed.broadcast(b.data, 0)
+
+@patch(as_prop=True)
+def _dist(self:DPTrainer): return self.dist if self.world > 1 else None
+
+@patch(as_prop=True)
+def scratch(self:DPTrainer):
+    "Folder of finished generation slices (several processes, or an on-disk pool), or None."
+    on_disk = self.cfg.dataset != 'digits'
+    return self.out / 'scratch' if self.out is not None and (self.world > 1 or on_disk) else None
+
+# %% ../nbs/03_trainer.ipynb #51b98439
 @patch
 def build_pool(self:DPTrainer):
     "The initial pool (round 0): balanced labels, `cfg_scale_init`, no feedback."
@@ -258,7 +294,7 @@ def build_pool(self:DPTrainer):
     labels = torch.arange(c.pool_size) % self.generator.n_classes
     root = self.out / 'pool' if (self.out is not None and c.dataset != 'digits') else None
     self.pool = Pool.generate(self.generator, labels, cfg_scale=c.cfg_scale_init, n_steps=c.n_steps, seed=derive_seed(c.seed, POOL),
-                              batch_size=c.gen_batch_size, root=root, progress=self.progress)
+                              batch_size=c.gen_batch_size, root=root, progress=self.progress, dist=self._dist, scratch=self.scratch)
     self.wall_s += time.perf_counter() - t0
 
 @patch
@@ -268,6 +304,7 @@ def train_epoch(self:DPTrainer)->tuple:
     g = torch.Generator().manual_seed(derive_seed(c.seed, EPOCH, self.epoch))
     sampler = RandomSampler(self.pool, num_samples=c.pool_size, generator=g)
     dl = DataLoader(self.pool, c.batch_size, sampler=sampler, drop_last=self.mixup is not None)
+    if self.acc is not None: dl, m = self.acc.prepare_data_loader(dl), self.train_model   # each process: its share of each batch
     ent, n = torch.zeros((), device=dev), 0
     m.train()
     with seeded(derive_seed(c.seed, EPOCH, self.epoch, 1)):
@@ -280,9 +317,12 @@ def train_epoch(self:DPTrainer)->tuple:
             lr = self.sched.get_last_lr()[0]; self.sched.step(); self.step += 1
             if self.ema is not None: self.ema.update(m, step=self.step)
             ent += entropy(logits.detach()).sum(); n += len(x)
+    if self.acc is not None:
+        ent, n = self.acc.gather(torch.stack([ent, torch.tensor(float(n), device=dev)])[None]).sum(0)
+        self._sync_buffers()
     return (ent / n).item(), lr
 
-# %% ../nbs/03_trainer.ipynb #c753d807
+# %% ../nbs/03_trainer.ipynb #22879a6b
 @patch
 def patience_step(self:DPTrainer, val_acc:float)->bool:
     "Update the counter with this epoch's real-val accuracy; True when patience has run out."
@@ -296,25 +336,28 @@ def can_refresh(self:DPTrainer)->bool:
     c, nxt = self.cfg, self.epoch + 1
     return c.selection != 'none' and nxt < c.epochs and not in_decay_phase(nxt, c.epochs, c.decay_frac)
 
-class _WithGuidance:
-    "A generator whose `sample` always gets extra guidance options (such as `guide_every`), which `Pool.refresh` does not forward."
-    def __init__(self, generator, **kw): self.generator, self.kw = generator, kw
-    def __getattr__(self, k): return getattr(self.generator, k)
-    def sample(self, *args, **kw): return self.generator.sample(*args, **{**self.kw, **kw})
-
 @patch
 def refresh(self:DPTrainer)->dict:
     "Prune `prune_frac` of the pool and regenerate with entropy feedback from the current classifier."
     c = self.cfg
-    gen = _WithGuidance(self.generator, guide_every=c.guide_every) if c.guide_every != 1 else self.generator
+    guidance_kw = dict(guide_every=c.guide_every) if c.guide_every != 1 else {}
     with eval_mode(self.eval_model) as clf:
-        info = self.pool.refresh(gen, clf, prune_frac=c.prune_frac, selection=c.score_metric if c.selection == 'entropy' else c.selection,
+        info = self.pool.refresh(self.generator, clf, prune_frac=c.prune_frac, selection=c.score_metric if c.selection == 'entropy' else c.selection,
                                  omega=c.omega, cfg_scale=c.cfg_scale, n_steps=c.n_steps, seed=derive_seed(c.seed, REFRESH, self.n_refreshes),
-                                 grow=c.grow, batch_size=c.gen_batch_size, progress=False)
+                                 grow=c.grow, batch_size=c.gen_batch_size, progress=False, dist=self._dist, scratch=self.scratch, **guidance_kw)
     self.wait, self.n_refreshes, self.cur_patience = 0, self.n_refreshes + 1, self.cur_patience + c.patience_growth
     return info
 
-# %% ../nbs/03_trainer.ipynb #3e9fa712
+# %% ../nbs/03_trainer.ipynb #2df992ea
+@patch
+def evaluate(self:DPTrainer, data)->float:
+    "Top-1 accuracy of `eval_model` on a real split, sharded over the processes."
+    if self.world == 1: return evaluate(self.eval_model, data, device=self.device)
+    ds = as_dataset(data); a, b = _part(len(ds), self.dist.process_index, self.world)
+    correct = round(evaluate(self.eval_model, Subset(ds, range(a, b)), device=self.device) * (b - a)) if b > a else 0
+    return int(_gather_cat(self.dist, torch.tensor([correct]))[0].sum()) / len(ds)
+
+# %% ../nbs/03_trainer.ipynb #f9190d9c
 @patch
 def fit(self:DPTrainer, stop_after:int=None, # stop after this many more epochs (to test resume); None = run to `cfg.epochs`
        )->dict:                               # `final()`
@@ -327,14 +370,14 @@ def fit(self:DPTrainer, stop_after:int=None, # stop after this many more epochs 
     for _ in epochs:
         t0 = time.perf_counter()
         pool_entropy, lr = self.train_epoch()
-        val_acc, test_acc = (evaluate(self.eval_model, self.data[k], device=self.device) for k in ('val', 'test'))
+        val_acc, test_acc = (self.evaluate(self.data[k]) for k in ('val', 'test'))
         if self.patience_step(val_acc) and self.can_refresh(): self.refresh()
         self.epoch += 1
         self.wall_s += time.perf_counter() - t0
         row = dict(epoch=self.epoch, step=self.step, lr=lr, n_generated=self.pool.n_generated, val_acc=val_acc, test_acc=test_acc,
                    pool_entropy=pool_entropy, refreshes=self.n_refreshes, wall_s=round(self.wall_s, 3))
         self.history.append(row)
-        for cb in self.callbacks: cb(self, row)
+        for cb in self.callbacks if self.is_main else (): cb(self, row)
         if self.mb is not None: self._plot()
         if self.out is not None: self.save()
     return self.final()
@@ -343,8 +386,11 @@ def fit(self:DPTrainer, stop_after:int=None, # stop after this many more epochs 
 def final(self:DPTrainer)->dict:
     "The run's result: last epoch's real val/test accuracy, images generated, and the config."
     last = self.history[-1] if self.history else {}
+    p = self.pool
     return dict(val_acc=last.get('val_acc'), test_acc=last.get('test_acc'), best_val_acc=self.best_val, epochs=self.epoch,
-                n_generated=self.pool.n_generated if self.pool is not None else 0, refreshes=self.n_refreshes, config=self.cfg.to_dict())
+                n_generated=p.n_generated if p is not None else 0, refreshes=self.n_refreshes, world_size=self.world,
+                pool_size=len(p) if p is not None else 0, pool_class_counts=p.class_counts(self.generator.n_classes) if p is not None else [],
+                config=self.cfg.to_dict())
 
 @patch
 def _plot(self:DPTrainer):
@@ -353,8 +399,8 @@ def _plot(self:DPTrainer):
                          [0, self.cfg.epochs], [min(r['val_acc'] for r in self.history) - 0.02, 1])
     self.mb.main_bar.comment = f"val {self.history[-1]['val_acc']:.3f}, refreshes {self.n_refreshes}"
 
-# %% ../nbs/03_trainer.ipynb #10019583
-CHECKPOINT, HISTORY, FINAL = 'checkpoint.pt', 'history.jsonl', 'final.json'
+# %% ../nbs/03_trainer.ipynb #efda2495
+CHECKPOINT, HISTORY, HISTORY_CSV, FINAL, TENSORBOARD = 'checkpoint.pt', 'history.jsonl', 'history.csv', 'final.json', 'tensorboard'
 
 @patch
 def state_dict(self:DPTrainer)->dict:
@@ -372,20 +418,43 @@ def load_state_dict(self:DPTrainer, sd:dict):
     self.epoch, self.step, self.wall_s, self.history = sd['epoch'], sd['step'], sd['wall_s'], list(sd['history'])
     self.model.load_state_dict(sd['model']); self.opt.load_state_dict(sd['opt']); self.sched.load_state_dict(sd['sched'])
     if self.ema is not None: self.ema.load_state_dict(sd['ema'])
-    self.pool = Pool.from_state_dict(sd['pool'])
+    self.pool = Pool.__new__(Pool).load_state_dict(sd['pool'], commit=self.is_main)   # an on-disk pool's index: written by the main process
     p = sd['patience']; self.best_val, self.wait, self.cur_patience, self.n_refreshes = p['best_val'], p['wait'], p['cur_patience'], p['n_refreshes']
     torch.set_rng_state(sd['rng']['torch']); np.random.set_state(sd['rng']['numpy']); random.setstate(sd['rng']['random'])
 
-# %% ../nbs/03_trainer.ipynb #8bcea440
+# %% ../nbs/03_trainer.ipynb #46bf3bfc
 def _write_text(text): return lambda p: Path(p).write_text(text)
+
+def history_csv(history:list)->str:
+    "The history rows as CSV text, one column per key of the first row (the keys of `history.jsonl`)."
+    f = io.StringIO()
+    if history:
+        w = csv.DictWriter(f, list(history[0]), lineterminator='\n'); w.writeheader(); w.writerows(history)
+    return f.getvalue()
 
 @patch
 def save(self:DPTrainer):
-    "Atomically write the checkpoint, the history and (when the run is over) the final result to `out`."
-    self.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(self.out / CHECKPOINT, partial(torch.save, self.state_dict()))
-    atomic_write(self.out / HISTORY, _write_text(''.join(json.dumps(r) + '\n' for r in self.history)))
-    if self.epoch >= self.cfg.epochs: atomic_write(self.out / FINAL, _write_text(json.dumps(self.final(), indent=1)))
+    "Atomically write the checkpoint, the history (json lines and csv) and (when the run is over) the final result to `out`; only the main process writes."
+    if self.is_main:
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.out / CHECKPOINT, partial(torch.save, self.state_dict()))
+        atomic_write(self.out / HISTORY, _write_text(''.join(json.dumps(r) + '\n' for r in self.history)))
+        atomic_write(self.out / HISTORY_CSV, _write_text(history_csv(self.history)))
+        if self.epoch >= self.cfg.epochs: atomic_write(self.out / FINAL, _write_text(json.dumps(self.final(), indent=1)))
+    if self.world > 1: self.dist.wait_for_everyone()
+
+def tensorboard_callback(logdir)->callable:
+    "A callback writing each epoch's row as TensorBoard scalars to `logdir`; None (with a message on stderr) if tensorboard is not installed."
+    try: from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        print(f"tensorboard: skipped, {e} (pip install tensorboard for TensorBoard scalars; history.csv has the same numbers)", file=sys.stderr)
+        return None
+    writer = SummaryWriter(str(logdir))
+    def log(trainer, row):
+        for k, v in row.items():
+            if k != 'epoch': writer.add_scalar(k, v, row['epoch'])
+        writer.flush()
+    return log
 
 @patch(cls_method=True)
 def saved_config(cls:DPTrainer, out)->DPConfig:
@@ -395,13 +464,13 @@ def saved_config(cls:DPTrainer, out)->DPConfig:
 
 @patch(cls_method=True)
 def resume(cls:DPTrainer, out,         # folder of a run started with `out=`
-           generator=None, data:dict=None, classifier:nn.Module=None, progress:bool=False, callbacks=(),
+           generator=None, data:dict=None, classifier:nn.Module=None, progress:bool=False, callbacks=(), tensorboard:bool=False,
           )->DPTrainer:                # a trainer at the checkpoint's epoch; call `fit()` to continue
     "Reload the run in `out` from its last checkpoint."
     out = Path(out)
     if not (out / CHECKPOINT).exists(): raise ValueError(f"out has no {CHECKPOINT} to resume from, got {str(out)!r}")
-    for tmp in out.glob('*.tmp'): tmp.unlink()                 # what a kill during a write left behind
+    for tmp in out.glob('*.tmp'): tmp.unlink(missing_ok=True)   # what a kill during a write left behind
     sd = torch.load(out / CHECKPOINT, weights_only=False)
-    t = cls(DPConfig.from_dict(sd['config']), generator, data, classifier, out, progress, callbacks)
+    t = cls(DPConfig.from_dict(sd['config']), generator, data, classifier, out, progress, callbacks, tensorboard)
     t.load_state_dict(sd)
     return t

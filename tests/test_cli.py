@@ -70,7 +70,7 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     assert r.returncode == 0, r.stderr
     assert _strip(_lines(killed)) == _strip(_lines(ref))
     assert json.loads((killed / 'final.json').read_text()) == json.loads((ref / 'final.json').read_text())
-    assert sorted(f.name for f in killed.iterdir()) == ['checkpoint.pt', 'final.json', 'history.jsonl']   # no temp or half-written file
+    assert sorted(f.name for f in killed.iterdir()) == ['checkpoint.pt', 'final.json', 'history.csv', 'history.jsonl']   # no temp or half-written file
 
 def test_resume_refuses_changed_config(tmp_path, capsys):
     dp_train(['--out', str(tmp_path), '--pool-size', '20', '--n-steps', '2', '--epochs', '1', '--quiet'])
