@@ -18,7 +18,7 @@ from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
-from .guidance import entropy
+from .guidance import entropy, eval_mode
 
 # %% ../nbs/02_pool.ipynb #a7b5680f
 METRICS = ('entropy', 'margin', 'loss')
@@ -36,15 +36,6 @@ def difficulty(logits:Tensor,          # (B, n_classes) classifier logits
     return 1 - (top2[:, 0] - top2[:, 1])
 
 # %% ../nbs/02_pool.ipynb #97ff89a1
-@contextmanager
-def _eval_mode(model):
-    "Every submodule of `model` in eval mode inside the block, each one's own mode restored after."
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
-    for m, _ in modes: m.training = False
-    try: yield model
-    finally:
-        for m, t in modes: m.training = t
-
 def _device_dtype(model):
     p = next((p for p in model.parameters() if p.is_floating_point()), None) if isinstance(model, torch.nn.Module) else None
     return (p.device, p.dtype) if p is not None else (torch.device('cpu'), torch.float32)
@@ -67,7 +58,7 @@ def score_batches(classifier,                 # maps float images in [0, 1] to l
     if int(batch_size) != batch_size or batch_size < 1: raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     device, dtype = _device_dtype(classifier)
     out, starts = {m: [] for m in metrics}, range(0, len(labels), batch_size)
-    with _eval_mode(classifier), torch.no_grad():
+    with eval_mode(classifier), torch.no_grad():
         for s in progress_bar(starts, leave=False) if progress else starts:
             e = min(s + batch_size, len(labels))
             x = _as_float(fetch(s, e).to(device, non_blocking=True)).to(dtype)

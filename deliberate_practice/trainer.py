@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['SELECTIONS', 'SCORE_METRICS', 'SCHEDULERS', 'DATASETS', 'TYPE_NAMES', 'PRESETS', 'POOL', 'INIT', 'EPOCH', 'REFRESH',
            'CHECKPOINT', 'HISTORY', 'HISTORY_CSV', 'FINAL', 'TENSORBOARD', 'DPConfig', 'preset', 'wsd_lr', 'cosine_lr',
-           'in_decay_phase', 'derive_seed', 'seeded', 'as_dataset', 'evaluate', 'atomic_write', 'DPTrainer',
-           'distributed_state', 'history_csv', 'tensorboard_callback']
+           'in_decay_phase', 'derive_seed', 'seeded', 'as_dataset', 'evaluate', 'DPTrainer', 'distributed_state',
+           'history_csv', 'tensorboard_callback']
 
 # %% ../nbs/03_trainer.ipynb #3aa7e536
 import csv, dataclasses, io, json, math, os, random, sys, time, numbers
@@ -25,7 +25,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from .guidance import entropy, eval_mode
-from .pool import Pool, _part, _gather_cat
+from .pool import Pool, atomic_write, _part, _gather_cat
 
 # %% ../nbs/03_trainer.ipynb #e66dbc65
 SELECTIONS = ('entropy', 'random', 'none')       # how a refresh picks the images it prunes; 'none' = static pool
@@ -189,11 +189,6 @@ def evaluate(model:nn.Module,     # classifier: [0, 1] images -> logits
         for x, y in DataLoader(as_dataset(data), batch_size):
             correct += (model(x.to(device)).argmax(-1).cpu() == y).sum().item(); n += len(y)
     return correct / n
-
-def atomic_write(path, write):
-    "Call `write(tmp_path)`, then move the file onto `path` atomically."
-    path = Path(path); tmp = path.with_name(path.name + '.tmp')
-    write(tmp); os.replace(tmp, path)
 
 # %% ../nbs/03_trainer.ipynb #8b8792ae
 def _default_parts(cfg, generator, data, classifier, device=None):
