@@ -1,0 +1,119 @@
+"The ablation runner and `dp-reproduce` beyond the docs: presets of every row, the results schema, crash-continue, --plot, bad arguments."
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+from deliberate_practice import ablation
+from deliberate_practice.ablation import (ROWS, PAPER_TABLE1, SCALES, preset, reproduce, run_dir, run_row, dp_reproduce,
+                                          RESULT, RESULTS, TABLE, FIGURE, scale_parts)
+from deliberate_practice.trainer import DPTrainer, CHECKPOINT
+
+TINY = dict(pool_size=40, epochs=3, patience=1, n_steps=5, lr=1e-6, decay_frac=0.0)   # lr ~0: val plateaus, so a refresh follows epoch 2
+IMAGENET = dict(data_root='/nowhere/imagenet', sd_path='/nowhere/sd15')
+
+@pytest.fixture(scope='module')
+def parts():
+    return scale_parts(preset('static-wsd'))
+
+def test_row_names():
+    assert ROWS == ('static-cosine', 'static-wsd', 'dp-p10-25', 'dp-p8-25', 'dp-p8-50', 'dp-p8-75', 'dp-p8-100', 'random-p8-100')
+    assert tuple(PAPER_TABLE1) == ROWS and tuple(SCALES) == ('digits', 'imagenet100', 'imagenet1k')
+
+@pytest.mark.parametrize('scale', ['digits', 'imagenet100', 'imagenet1k'])
+def test_presets_follow_table1(scale):
+    kw = {} if scale == 'digits' else IMAGENET
+    p8, p10 = ablation.PATIENCE[scale][8], ablation.PATIENCE[scale][10]
+    assert p10 > p8
+    expect = {'static-cosine': ('cosine', 'none', 0.0), 'static-wsd': ('wsd', 'none', 0.0), 'dp-p10-25': ('wsd', 'entropy', .25),
+              'dp-p8-25': ('wsd', 'entropy', .25), 'dp-p8-50': ('wsd', 'entropy', .5), 'dp-p8-75': ('wsd', 'entropy', .75),
+              'dp-p8-100': ('wsd', 'entropy', 1.0), 'random-p8-100': ('wsd', 'random', 1.0)}
+    for row, (sched, sel, prune) in expect.items():
+        c = preset(row, scale, **kw)
+        assert (c.scheduler, c.selection, c.prune_frac, c.dataset) == (sched, sel, prune, scale), row
+        if sel != 'none': assert c.patience == (p10 if 'p10' in row else p8), row
+        if sel == 'random': assert c.omega == 0.0
+        if sel == 'entropy': assert c.omega > 0
+    base = {f: v for f, v in preset('static-wsd', scale, **kw).to_dict().items() if f not in ('scheduler', 'selection', 'prune_frac', 'patience', 'omega', 'cfg_scale')}
+    for row in ROWS:   # rows differ only in the fields Table 1 varies
+        assert {f: v for f, v in preset(row, scale, **kw).to_dict().items() if f in base} == base, row
+
+def test_imagenet_presets_are_the_papers():
+    c100, c1k = preset('dp-p8-100', 'imagenet100', **IMAGENET), preset('dp-p8-100', 'imagenet1k', **IMAGENET)
+    assert (c100.pool_size, c1k.pool_size) == (65_000, 650_000)
+    assert (c100.lr, c100.batch_size, c1k.lr, c1k.batch_size) == (3e-3, 64, 1.6e-3, 128)
+    for c in (c100, c1k):
+        assert (c.model, c.omega, c.cfg_scale, c.cfg_scale_init, c.scheduler) == ('vit_base_patch16_224', 0.05, 3.0, 2.0, 'wsd')
+        assert (c.label_smoothing, c.mixup, c.cutmix) == (0.11, 0.5, 1.0) and c.ema_decay > 0
+    assert preset('random-p8-100', 'imagenet100', **IMAGENET).cfg_scale_init == 2.0
+
+def test_tiny_run_schema(tmp_path, parts):
+    res = reproduce('digits', seeds=[0], rows=['static-wsd', 'dp-p8-100'], out=tmp_path, progress=False, generator=parts[0], data=parts[1], **TINY)
+    saved = json.loads((tmp_path / RESULTS).read_text())
+    assert saved == res and [(r['row'], r['seed']) for r in saved] == [('static-wsd', 0), ('dp-p8-100', 0)]
+    for r in saved:
+        assert {'row', 'seed', 'val_acc', 'test_acc', 'n_generated', 'wall_s', 'config', 'history'} <= set(r)
+        assert [h['epoch'] for h in r['history']] == [1, 2, 3]
+        assert all(set(h) == {'epoch', 'n_generated', 'val_acc', 'test_acc'} for h in r['history'])
+        assert r['test_acc'] == r['history'][-1]['test_acc'] and r['n_generated'] == r['history'][-1]['n_generated']
+        assert r['config'] == preset(r['row'], seed=0, **TINY).to_dict() and r['wall_s'] > 0
+    assert saved[0]['n_generated'] == 40 and saved[1]['n_generated'] > 40          # static never regenerates, DP did
+    md = (tmp_path / TABLE).read_text()
+    assert '| static-wsd | WSD | - | 0% |' in md and '32.96' in md and '| dp-p8-100 | WSD | 1 (8) | 100% |' in md
+    assert (tmp_path / FIGURE).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+def test_crash_continue(tmp_path, parts, monkeypatch):
+    gen, data = parts
+    cfg_a, cfg_b = preset('static-wsd', seed=0, **TINY), preset('dp-p8-100', seed=0, **TINY)
+    a = run_row(cfg_a, 'static-wsd', tmp_path, gen, data)                          # finished before the crash
+    DPTrainer(cfg_b, generator=gen, data=data, out=run_dir(tmp_path, 'dp-p8-100', 0)).fit(stop_after=2)   # killed after epoch 2
+    assert (run_dir(tmp_path, 'dp-p8-100', 0) / CHECKPOINT).exists() and not (run_dir(tmp_path, 'dp-p8-100', 0) / RESULT).exists()
+    epochs_run = []
+    fit = DPTrainer.fit
+    def counting_fit(self, *a, **k): epochs_run.append((self.cfg.selection, self.epoch)); return fit(self, *a, **k)
+    monkeypatch.setattr(DPTrainer, 'fit', counting_fit)
+    res = reproduce('digits', seeds=[0], rows=['static-wsd', 'dp-p8-100'], out=tmp_path, progress=False, generator=gen, data=data, **TINY)
+    assert epochs_run == [('entropy', 2)]                                          # static-wsd not rerun; DP resumed at epoch 2
+    assert res[0] == a and [h['epoch'] for h in res[1]['history']] == [1, 2, 3]
+    fresh = run_row(cfg_b, 'dp-p8-100', tmp_path / 'fresh', gen, data)             # the resumed run equals an uninterrupted one
+    assert [(h['val_acc'], h['n_generated']) for h in fresh['history']] == [(h['val_acc'], h['n_generated']) for h in res[1]['history']]
+
+def test_other_config_in_out_is_an_error(tmp_path, parts):
+    run_row(preset('static-wsd', seed=0, **TINY), 'static-wsd', tmp_path, *parts)
+    with pytest.raises(ValueError, match='another config'):
+        run_row(preset('static-wsd', seed=0, **dict(TINY, epochs=4)), 'static-wsd', tmp_path, *parts)
+
+def _results_dir(tmp_path):
+    src = Path(__file__).parents[1] / 'nbs' / 'ablation_digits' / RESULTS
+    d = tmp_path / 'saved'; d.mkdir()
+    shutil.copy(src, d / RESULTS)
+    return d
+
+def test_plot_from_saved_results(tmp_path):
+    d = _results_dir(tmp_path)
+    r = subprocess.run(['dp-reproduce', '--plot', '--out', str(d)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert '| dp-p8-100 | WSD |' in (d / TABLE).read_text() and 'Efficiency' in r.stdout
+    assert (d / FIGURE).stat().st_size > 10_000
+    assert sorted(p.name for p in d.iterdir()) == [RESULTS, TABLE, FIGURE]         # nothing trained
+
+@pytest.mark.parametrize('argv, name', [
+    (['--scale', 'cifar'], 'scale'), (['--rows', 'dp-p8-10'], 'rows'), (['--seeds', '1', 'two'], 'seeds'), (['--seeds', '-1'], 'seeds'),
+    (['--overrides', 'omgea=0.1'], 'omgea'), (['--overrides', 'epochs=0'], 'epochs'), (['--scale', 'imagenet100'], 'data_root'),
+    (['--plot'], 'results.json')])
+def test_bad_arguments(argv, name, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e: dp_reproduce.__wrapped__(**_kwargs(argv, tmp_path))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('dp-reproduce: error:') and name in err and err.count('\n') == 1
+    assert not (tmp_path / 'out' / 'runs').exists()
+
+def _kwargs(argv, tmp_path):
+    "The keyword arguments argparse would give `dp_reproduce` for `argv`."
+    from fastcore.script import anno_parser
+    import inspect
+    ns = anno_parser(dp_reproduce.__wrapped__).parse_args(argv + ['--out', str(tmp_path / 'out')])
+    params = inspect.signature(dp_reproduce.__wrapped__).parameters
+    return {k: v for k, v in vars(ns).items() if k in params}
+
+def test_bad_argument_from_the_shell(tmp_path):
+    r = subprocess.run(['dp-reproduce', '--rows', 'nope', '--out', str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and 'rows' in r.stderr
