@@ -231,9 +231,10 @@ def plot_scaling(results:list,           # results.json contents
                 ):
     "Fig. 2 (left): mean val accuracy against images generated, one line per row; static rows as horizontal lines at their best."
     if ax is None: _, ax = plt.subplots(figsize=(7, 4.5))
-    colors = dict(zip(ROWS, plt.cm.tab10.colors))
+    colors, lows = dict(zip(ROWS, plt.cm.tab10.colors)), []
     for row in summarize(results):
         c = mean_curve(results, row)
+        lows.append(float(np.min(c['val_acc'][len(c['val_acc']) // 5:])))   # skip the first 20% of epochs (warm-up)
         if row_kind(row) == 'static':
             ax.axhline(c['val_acc'].max(), ls=':', color=colors.get(row), label=f'{row} (best, {c["images"][0]:,.0f} images)')
         else:
@@ -245,7 +246,7 @@ def plot_scaling(results:list,           # results.json contents
         ax.plot([e['ref_images']], [e['target_val_acc']], 'o', color=colors['random-p8-100'], ms=7)
         if not math.isnan(e['ratio']):
             ax.plot([e['dp_images']], [e['target_val_acc']], '*', color=colors['dp-p8-100'], ms=12, label=f"DP reaches random's best: {e['ratio']:.2f}x the images")
-    ax.set(xscale='log', xlabel='images generated (log)', ylabel='val accuracy (mean over seeds)', title=title)
+    ax.set(xscale='log', xlabel='images generated (log)', ylabel='val accuracy (mean over seeds)', title=title, ylim=(max(0, min(lows) - 0.03), 1))
     ax.legend(fontsize=7, loc='lower right'); ax.grid(alpha=0.3)
     return ax.figure
 
@@ -277,7 +278,8 @@ def load_results(out)->list:
 def redraw(out, title:str=None):
     "Rewrite `results.md` and `scaling.png` from `out/results.json`, without training."
     res = load_results(out)
-    write_outputs(res, out, title if title is not None else Path(out).name)
+    if title is None: title = f"{res[0]['config']['dataset']}, seeds {' '.join(str(s) for s in sorted({r['seed'] for r in res}))}" if res else Path(out).name
+    write_outputs(res, out, title)
     return res
 
 # %% ../nbs/04_ablation.ipynb #bb294b74
