@@ -27,9 +27,10 @@ from .guidance import GuidanceStats, guided_ddim_sample
 def initial_noise(n:int,          # number of images
                   shape:tuple,    # shape of one x_T, e.g. (1, 8, 8) or SD's (4, 64, 64)
                   seed:int=0,     # the call's seed
+                  first:int=0,    # index of the first image (a slice of a larger call has the same noise)
                  )->Tensor:       # float32 (n, *shape) standard normal noise, on the CPU
-    "Starting noise $x_T$ for images $0..n-1$, each from its own generator seeded `seed * 1_000_003 + i`."
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i)) for i in range(n)]) \
+    "Starting noise $x_T$ for images `first..first+n-1`, image $i$ from its own generator seeded `seed * 1_000_003 + i`."
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i)) for i in range(first, first + n)]) \
         if n else torch.empty(0, *shape)
 
 # %% ../nbs/07_generators.ipynb #17897715
@@ -69,13 +70,14 @@ class DiffusionGenerator:
                batch_size:int=None,           # images per forward pass (None: all at once)
                progress:bool=False,           # show a fastprogress bar
                return_stats:bool=False,       # also return the merged `GuidanceStats`
+               first_index:int=0,             # index of labels[0] in a larger call: these images are that call's images first_index, ...
                **guidance_kw,                 # passed to `guided_ddim_sample` (guide_every, eta, grad_through_denoiser, ...)
               ):                              # float32 images in [0, 1], (B, *image_shape), on the CPU
         "Generate one image per label with guided DDIM (eq. 5)."
         labels = check_labels(labels, self.n_classes)
         if batch_size is None: batch_size = max(len(labels), 1)
         if int(batch_size) != batch_size or batch_size < 1: raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        x_T = initial_noise(len(labels), self.latent_shape, seed)
+        x_T = initial_noise(len(labels), self.latent_shape, seed, first_index)
         kw = {**self.sampler_kw, 'generator': torch.Generator().manual_seed(seed), **guidance_kw}
         starts = range(0, len(labels), int(batch_size))
         imgs, parts = [torch.empty(0, *self.image_shape)], []

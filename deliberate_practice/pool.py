@@ -300,24 +300,13 @@ def _check_labels(labels, generator)->Tensor:
 def sample_range(generator, labels, start:int, stop:int, seed:int=0, batch_size:int=None, return_stats:bool=False, cfg_scale:float=2.0,
                  omega:float=0.0, classifier=None, n_steps:int=20, progress:bool=False, **guidance_kw):
     "Images `start:stop` of `generator.sample(labels, seed=seed, ...)`, generating only those (each keeps its own noise seed)."
-    from deliberate_practice.generators import DiffusionGenerator, initial_noise, check_labels, _merge_stats, GuidanceStats
-    from deliberate_practice.guidance import guided_ddim_sample
+    from deliberate_practice.generators import DiffusionGenerator, check_labels
     kw = dict(cfg_scale=cfg_scale, omega=omega, classifier=classifier, n_steps=n_steps, seed=seed, batch_size=batch_size, progress=progress)
     if (start, stop) == (0, len(labels)): return generator.sample(labels, return_stats=return_stats, **kw, **guidance_kw)
     if not isinstance(generator, DiffusionGenerator):                       # no per-image seeds to slice: the whole call, sliced
         x, st = generator.sample(labels, return_stats=True, **kw, **guidance_kw)
         return (x[start:stop], st) if return_stats else x[start:stop]
-    g, labels = generator, check_labels(labels, generator.n_classes)[start:stop]
-    x_T, bs = initial_noise(stop, g.latent_shape, seed)[start:], int(batch_size or max(len(labels), 1))
-    skw = {**g.sampler_kw, 'generator': torch.Generator().manual_seed(seed), **guidance_kw}
-    imgs, parts = [torch.empty(0, *g.image_shape)], []
-    for s in range(0, len(labels), bs):
-        lab = labels[s:s + bs].to(g.device)
-        x0, st = guided_ddim_sample(g.denoiser(lab), x_T[s:s + bs].to(g.device), g.alpha_bar, n_steps, cfg_scale, omega, classifier, g.decode, **skw)
-        with torch.no_grad(): imgs.append(g.to_images(x0).float().cpu())
-        parts.append((st, len(lab)))
-    images = torch.cat(imgs)
-    return (images, _merge_stats(parts) if parts else GuidanceStats()) if return_stats else images
+    return generator.sample(check_labels(labels, generator.n_classes)[start:stop], first_index=start, return_stats=return_stats, **kw, **guidance_kw)
 
 # %% ../nbs/02_pool.ipynb #8bf43a1c
 def _scratch_name(round_, i, a, b): return f'r{round_:05d}-c{i:05d}-{a:09d}-{b:09d}.safetensors'

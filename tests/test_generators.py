@@ -183,3 +183,9 @@ def test_sd_validation():
     with pytest.raises(ValueError, match='image_size'): StableDiffusionGenerator(**comps, class_names=['a'], image_size=15)
     comps['scheduler'] = comps['scheduler'].__class__.from_config(comps['scheduler'].config, clip_sample=True)
     with pytest.raises(ValueError, match='clip_sample'): StableDiffusionGenerator(**comps, class_names=['a'])
+
+def test_first_index_gives_the_slice_of_a_larger_call():
+    from deliberate_practice.generators import load_digits_generator
+    g, labels = load_digits_generator(), torch.arange(8) % 10
+    full = g.sample(labels, n_steps=4, seed=3)
+    torch.testing.assert_close(g.sample(labels[3:7], n_steps=4, seed=3, first_index=3), full[3:7], atol=1e-5, rtol=0)
