@@ -51,7 +51,7 @@ DIGITS_OMEGA, DIGITS_CFG = 0.2, 2.0                     # omega chosen by the sw
 DIGITS_POOL, DIGITS_EPOCHS, DIGITS_STEPS = 100, 40, 10   # see the mapping table: a pool small enough to go stale, 24 runs in 15 min
 PATIENCE = {'digits': {8: 3, 10: 4}, 'imagenet100': {8: 8, 10: 10}, 'imagenet1k': {8: 8, 10: 10}}
 _IMAGENET = dict(model='vit_base_patch16_224', omega=0.05, cfg_scale=3.0, cfg_scale_init=2.0, scheduler='wsd', weight_decay=0.05,
-                 label_smoothing=0.11, mixup=0.5, cutmix=1.0)
+                 label_smoothing=0.11, mixup=0.5, cutmix=1.0, image_size=224)
 SCALES = {
     'digits': dict(PRESETS['digits'], dataset='digits', pool_size=DIGITS_POOL, epochs=DIGITS_EPOCHS, omega=DIGITS_OMEGA, cfg_scale=DIGITS_CFG,
                    cfg_scale_init=2.0, lr=1e-3, batch_size=32, weight_decay=0.05, n_steps=DIGITS_STEPS),
@@ -102,12 +102,12 @@ def scale_parts(cfg:DPConfig)->tuple:
     from deliberate_practice import generators, data as D
     if cfg.dataset == 'digits': return generators.load_digits_generator(), D.digits_splits()
     names = D.imagenet_class_names(D.IMAGENET_SUBSETS[cfg.dataset])
-    gen = generators.StableDiffusionGenerator.from_pretrained(cfg.sd_path, names)
+    gen = generators.StableDiffusionGenerator.from_pretrained(cfg.sd_path, names, classifier_size=cfg.image_size)
     return gen, D.imagenet_splits(cfg.data_root, cfg.dataset, image_size=gen.image_shape[-1])
 
 def pool_key(cfg:DPConfig)->tuple:
     "What the initial pool depends on: rows with the same key start from the same images."
-    return (cfg.dataset, cfg.seed, cfg.pool_size, cfg.cfg_scale_init, cfg.n_steps, cfg.gen_batch_size, cfg.sd_path)
+    return (cfg.dataset, cfg.seed, cfg.pool_size, cfg.cfg_scale_init, cfg.n_steps, cfg.gen_batch_size, cfg.sd_path, cfg.image_size)
 
 def initial_pool(cfg:DPConfig, generator, data)->tuple:
     "(the initial pool `DPTrainer` builds for `cfg`, seconds it took): generated once per seed and shared by the rows."

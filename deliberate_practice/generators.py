@@ -212,7 +212,7 @@ class StableDiffusionGenerator(DiffusionGenerator):
                  prompt_template:str="a photo of a {}", # prompt per class
                  negative_prompt:str="",                # the unconditional prompt of classifier-free guidance
                  image_size:int=None,                   # generated image side (None: the UNet's native size, 512 for SD 1.5)
-                 classifier_size=None,                  # int or (h, w) the decoded image is resized to for guidance (None: no resize)
+                 classifier_size=None,                  # int or (h, w): decoded images are resized to it, for guidance and in the output (None: no resize)
                  dtype=None,                            # None: float16 on GPU, float32 on CPU
                  device=None,                           # None: CUDA if available, else CPU
                  attention_slicing=None,                # `set_attention_slice` value (None: 'auto' on GPU, off on CPU)
@@ -230,8 +230,12 @@ class StableDiffusionGenerator(DiffusionGenerator):
         f = 2 ** (len(vae.config.block_out_channels) - 1)        # VAE downsampling factor (8 for SD)
         image_size = image_size or unet.config.sample_size * f
         if image_size % f: raise ValueError(f"image_size must be a multiple of {f}, got {image_size}")
-        self.image_shape, self.latent_shape = (3, image_size, image_size), (unet.config.in_channels, image_size // f, image_size // f)
-        self.classifier_size = classifier_size
+        if isinstance(classifier_size, int): classifier_size = (classifier_size, classifier_size)
+        if classifier_size is not None and (len(classifier_size) != 2 or min(classifier_size) < 1):
+            raise ValueError(f"classifier_size must be a positive int or (h, w), got {classifier_size!r}")
+        self.generation_size, self.classifier_size = image_size, classifier_size and tuple(int(s) for s in classifier_size)
+        self.image_shape = (3, *(self.classifier_size or (image_size, image_size)))
+        self.latent_shape = (unet.config.in_channels, image_size // f, image_size // f)
         self.alpha_bar = scheduler.alphas_cumprod.float()
         self.sampler_kw = dict(spacing=c.timestep_spacing, steps_offset=c.steps_offset, prediction_type=c.prediction_type,
                                final_alpha_bar=1.0 if c.set_alpha_to_one else self.alpha_bar[0].item())
@@ -254,18 +258,16 @@ def denoiser(self:StableDiffusionGenerator, labels:Tensor):
     return lambda z, t: self.unet(torch.cat([z, z]).to(self.dtype), t, encoder_hidden_states=emb).sample.float().chunk(2)
 
 @patch
-def to_images(self:StableDiffusionGenerator, z0:Tensor)->Tensor:
-    "VAE-decode latents to images in [0, 1] at `image_size`."
-    img = self.vae.decode((z0 / self.vae.config.scaling_factor).to(self.dtype)).sample.float()
-    return ((img + 1) / 2).clamp(0, 1)
-
-@patch
 def decode(self:StableDiffusionGenerator, z0_hat:Tensor)->Tensor:
     "The classifier's view of a denoised latent: VAE decode, [0, 1], resized to `classifier_size` (differentiable)."
-    img = self.to_images(z0_hat)
-    if self.classifier_size is None: return img
-    size = (self.classifier_size,) * 2 if isinstance(self.classifier_size, int) else tuple(self.classifier_size)
-    return img if tuple(img.shape[-2:]) == size else F.interpolate(img, size=size, mode='bilinear', antialias=True, align_corners=False)
+    img = ((self.vae.decode((z0_hat / self.vae.config.scaling_factor).to(self.dtype)).sample.float() + 1) / 2).clamp(0, 1)
+    if self.classifier_size is None or tuple(img.shape[-2:]) == self.classifier_size: return img
+    return F.interpolate(img, size=self.classifier_size, mode='bilinear', antialias=True, align_corners=False)
+
+@patch
+def to_images(self:StableDiffusionGenerator, z0:Tensor)->Tensor:
+    "The images `sample` returns: the classifier's view of the final latents, shape `image_shape`."
+    return self.decode(z0)
 
 # %% ../nbs/07_generators.ipynb #4c96a603
 SD_SUBFOLDERS = ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler')

@@ -61,6 +61,7 @@ class DPConfig:
     cutmix:float = 0.0            # timm CutMix alpha (0 = off)
     ema_decay:float = 0.0         # timm ModelEmaV3 decay of the evaluated model (0 = off)
     model:str = 'digits_cnn'      # timm model name of the classifier
+    image_size:int|None = None    # classifier input side: SD images are resized to it (pool and guidance), real ImageNet loads at it (None: the generator's)
     dataset:str = 'digits'        # one of `DATASETS`
     data_root:str|None = None     # ImageNet folder (needed for the imagenet datasets)
     sd_path:str|None = None       # Stable Diffusion weights folder (needed for the imagenet datasets)
@@ -95,6 +96,8 @@ def _validate(c:DPConfig):
         need(getattr(c, f) >= 0, f, '>= 0')
     need(0 <= c.prune_frac <= 1, 'prune_frac', 'in [0, 1]'); need(c.lr > 0, 'lr', '> 0')
     need(c.gen_batch_size is None or c.gen_batch_size >= 1, 'gen_batch_size', '>= 1 or None')
+    need(c.image_size is None or c.image_size >= 1, 'image_size', '>= 1 or None')
+    need(c.dataset != 'digits' or c.image_size in (None, 8), 'image_size', "None or 8 for dataset 'digits'")
     need(1 <= c.n_steps <= 1000, 'n_steps', 'in [1, 1000]')
     for f in ('warmup_frac', 'label_smoothing', 'ema_decay'): need(0 <= getattr(c, f) < 1, f, 'in [0, 1)')
     need(0 <= c.decay_frac <= 1 - c.warmup_frac, 'decay_frac', f'in [0, 1 - warmup_frac = {1 - c.warmup_frac:g}]')
@@ -109,7 +112,7 @@ def _validate(c:DPConfig):
 # %% ../nbs/03_trainer.ipynb #0175b11e
 _IMAGENET = dict(patience=8, prune_frac=1.0, omega=0.05, cfg_scale=3.0, cfg_scale_init=2.0, n_steps=50, guide_every=1,
                  model='vit_base_patch16_224', epochs=100, lr=5e-4, weight_decay=0.05, batch_size=256, label_smoothing=0.1,
-                 mixup=0.8, cutmix=1.0, ema_decay=0.9998, gen_batch_size=64, device='cuda')
+                 mixup=0.8, cutmix=1.0, ema_decay=0.9998, gen_batch_size=64, device='cuda', image_size=224)
 PRESETS = {'digits': {},
            'imagenet100': dict(_IMAGENET, dataset='imagenet100', pool_size=65_000),
            'imagenet1k': dict(_IMAGENET, dataset='imagenet1k', pool_size=650_000)}
@@ -202,6 +205,9 @@ def _default_parts(cfg, generator, data, classifier, device=None):
     if data is None:
         from deliberate_practice.data import digits_splits
         data = digits_splits()
+    if cfg.image_size is not None and tuple(generator.image_shape[-2:]) != (cfg.image_size,) * 2:
+        raise ValueError(f"image_size is {cfg.image_size} but the generator returns {tuple(generator.image_shape[-2:])} images; "
+                         f"build it with classifier_size={cfg.image_size}")
     if classifier is None:
         from deliberate_practice.models import create_classifier
         with seeded(derive_seed(cfg.seed, INIT)):

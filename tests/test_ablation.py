@@ -43,6 +43,7 @@ def test_imagenet_presets_are_the_papers():
     for c in (c100, c1k):
         assert (c.model, c.omega, c.cfg_scale, c.cfg_scale_init, c.scheduler) == ('vit_base_patch16_224', 0.05, 3.0, 2.0, 'wsd')
         assert (c.label_smoothing, c.mixup, c.cutmix) == (0.11, 0.5, 1.0) and c.ema_decay > 0
+        assert c.image_size == 224                     # the classifier trains at 224, not at SD's 512
     assert preset('random-p8-100', 'imagenet100', **IMAGENET).cfg_scale_init == 2.0
 
 def test_tiny_run_schema(tmp_path, parts):
@@ -117,3 +118,24 @@ def _kwargs(argv, tmp_path):
 def test_bad_argument_from_the_shell(tmp_path):
     r = subprocess.run(['dp-reproduce', '--rows', 'nope', '--out', str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and 'rows' in r.stderr
+
+def test_imagenet_parts_at_image_size(tmp_path):
+    "scale_parts resizes SD's images and loads the real splits at the config's image_size; a generator of another size is refused."
+    import numpy as np
+    from PIL import Image
+    from deliberate_practice.data import IMAGENET100_WNIDS
+    from deliberate_practice.generators import StableDiffusionGenerator, tiny_sd_components
+    from deliberate_practice.trainer import _default_parts
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for w in IMAGENET100_WNIDS:
+            (tmp_path / 'in' / split / w).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / 'in' / split / w / f'{w}_0.png')
+    StableDiffusionGenerator(**tiny_sd_components(), class_names=['tench']).save_pretrained(tmp_path / 'sd')
+    cfg = preset('dp-p8-100', 'imagenet100', data_root=str(tmp_path / 'in'), sd_path=str(tmp_path / 'sd'), device='cpu', image_size=24)
+    gen, data = scale_parts(cfg)
+    assert (gen.image_shape, gen.generation_size) == ((3, 24, 24), 16)
+    assert gen.sample([0, 5], n_steps=2).shape == (2, 3, 24, 24)
+    assert data['val'][0][0].shape == data['test'][0][0].shape == (3, 24, 24)
+    with pytest.raises(ValueError, match='image_size is 32 but the generator returns'):
+        _default_parts(preset('dp-p8-100', 'imagenet100', **IMAGENET, device='cpu', image_size=32), gen, data, None)

@@ -139,7 +139,7 @@ def test_tiny_sd_end_to_end(sd):
     lab = [0, 2, 1]
     plain = sd.sample(lab, n_steps=4, seed=0)
     guided, st = sd.sample(lab, n_steps=4, seed=0, omega=1.0, classifier=clf, return_stats=True)
-    assert guided.shape == (3, 3, 16, 16) and torch.isfinite(guided).all() and guided.min() >= 0 and guided.max() <= 1
+    assert guided.shape == (3, 3, 12, 12) and torch.isfinite(guided).all() and guided.min() >= 0 and guided.max() <= 1
     assert (st.n_guided_steps, st.n_nonfinite) == (4, 0) and st.mean_grad_norm > 0
     assert (guided - plain).abs().max() > 1e-3
     assert torch.equal(guided, sd.sample(lab, n_steps=4, seed=0, omega=1.0, classifier=clf))       # deterministic

@@ -23,6 +23,8 @@ BAD = [
     ('n_steps', 5000, 'n_steps must be in [1, 1000], got 5000'),
     ('guide_every', 0, 'guide_every must be >= 1, got 0'),
     ('gen_batch_size', 0, 'gen_batch_size must be >= 1 or None, got 0'),
+    ('image_size', 0, 'image_size must be >= 1 or None, got 0'),
+    ('image_size', 224, "image_size must be None or 8 for dataset 'digits', got 224"),
     ('epochs', 0, 'epochs must be >= 1, got 0'),
     ('epochs', True, 'epochs must be an integer, got True'),
     ('lr', 0.0, 'lr must be > 0, got 0.0'),
