@@ -7,7 +7,7 @@ __all__ = ['METRICS', 'INDEX', 'FORMAT', 'SELECTIONS', 'difficulty', 'score_batc
            'read_index', 'Pool', 'sample_range']
 
 # %% ../nbs/02_pool.ipynb #fd0f0bd1
-import copy, json, math, os, re
+import copy, glob, json, math, os, re
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -87,6 +87,7 @@ def atomic_write(path,   # final file name
     except BaseException:
         tmp.unlink(missing_ok=True); raise
     _fsync_dir(path.parent)
+    for stale in path.parent.glob(f'.{glob.escape(path.name)}.tmp*'): stale.unlink(missing_ok=True)   # left by a writer that was killed (one writer per file)
 
 # %% ../nbs/02_pool.ipynb #b1b5d927
 class MemoryStore:
