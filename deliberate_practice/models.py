@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
+from torch.utils.data import DataLoader, Dataset
 import timm
 from timm.data import resolve_model_data_config
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -126,17 +127,20 @@ def fit_classifier(model:nn.Module,     # classifier taking x, returning logits 
 # %% ../nbs/06_models.ipynb #09875911
 @torch.no_grad()
 def accuracy(model:nn.Module,     # classifier taking x, returning logits
-             x:Tensor,            # (N, C, H, W) images in [0, 1]
-             y:Tensor,            # (N,) int64 labels
+             x:Tensor|Dataset,    # (N, C, H, W) images in [0, 1], or a Dataset of (image, label) (e.g. an ImageNet folder)
+             y:Tensor=None,       # (N,) int64 labels; None when `x` is a Dataset
              batch_size:int=512,  # images per forward pass
             )->float:             # fraction of images whose arg-max logit is the label
     "Top-1 accuracy of `model` (run in eval mode; its train/eval mode is restored)."
-    _check_xy(x, y)
+    if y is None:
+        if len(x) == 0: raise ValueError("x must be a non-empty Dataset of (image, label) when y is None")
+        batches = DataLoader(x, batch_size)
+    else: _check_xy(x, y); batches = zip(x.split(batch_size), y.split(batch_size))
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
-    correct = sum((model(xb.to(device)).argmax(1).cpu() == yb).sum().item() for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
+    correct = sum((model(xb.to(device)).argmax(1).cpu() == yb).sum().item() for xb, yb in batches)
     model.train(was_training)
-    return correct / len(y)
+    return correct / len(x)
 
 # %% ../nbs/06_models.ipynb #404512e0
 def digits_reference_classifier(seed:int=0,   # seeds the initialization, shuffling and dropout

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['SELECTIONS', 'SCORE_METRICS', 'SCHEDULERS', 'DATASETS', 'TYPE_NAMES', 'PRESETS', 'POOL', 'INIT', 'EPOCH', 'REFRESH',
            'CHECKPOINT', 'HISTORY', 'HISTORY_CSV', 'FINAL', 'TENSORBOARD', 'DPConfig', 'preset', 'wsd_lr', 'cosine_lr',
-           'in_decay_phase', 'derive_seed', 'seeded', 'as_dataset', 'evaluate', 'DPTrainer', 'distributed_state',
-           'history_csv', 'tensorboard_callback']
+           'in_decay_phase', 'derive_seed', 'seeded', 'as_dataset', 'DPTrainer', 'distributed_state', 'history_csv',
+           'tensorboard_callback']
 
 # %% ../nbs/03_trainer.ipynb #3aa7e536
 import csv, dataclasses, io, json, math, os, random, sys, time, numbers
@@ -26,6 +26,7 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from .guidance import entropy, eval_mode
 from .pool import Pool, atomic_write, _part, _gather_cat
+from .models import accuracy
 
 # %% ../nbs/03_trainer.ipynb #e66dbc65
 SELECTIONS = ('entropy', 'random', 'none')       # how a refresh picks the images it prunes; 'none' = static pool
@@ -179,19 +180,6 @@ def seeded(seed:int):
 def as_dataset(data)->Dataset:
     "`(x, y)` tensors as a `TensorDataset`; a `Dataset` as is."
     return TensorDataset(*data) if isinstance(data, (tuple, list)) else data
-
-@torch.no_grad()
-def evaluate(model:nn.Module,     # classifier: [0, 1] images -> logits
-             data,                # (x, y) tensors or a Dataset of (image, label)
-             batch_size:int=512,  # evaluation batch size
-             device='cpu',        # where to run
-            )->float:             # top-1 accuracy
-    "Top-1 accuracy of `model` on `data`."
-    correct = n = 0
-    with eval_mode(model):
-        for x, y in DataLoader(as_dataset(data), batch_size):
-            correct += (model(x.to(device)).argmax(-1).cpu() == y).sum().item(); n += len(y)
-    return correct / n
 
 # %% ../nbs/03_trainer.ipynb #8b8792ae
 def _default_parts(cfg, generator, data, classifier, device=None):
@@ -353,9 +341,9 @@ def refresh(self:DPTrainer)->dict:
 @patch
 def evaluate(self:DPTrainer, data)->float:
     "Top-1 accuracy of `eval_model` on a real split, sharded over the processes."
-    if self.world == 1: return evaluate(self.eval_model, data, device=self.device)
+    if self.world == 1: return accuracy(self.eval_model, as_dataset(data))
     ds = as_dataset(data); a, b = _part(len(ds), self.dist.process_index, self.world)
-    correct = round(evaluate(self.eval_model, Subset(ds, range(a, b)), device=self.device) * (b - a)) if b > a else 0
+    correct = round(accuracy(self.eval_model, Subset(ds, range(a, b))) * (b - a)) if b > a else 0
     return int(_gather_cat(self.dist, torch.tensor([correct]))[0].sum()) / len(ds)
 
 # %% ../nbs/03_trainer.ipynb #f9190d9c
