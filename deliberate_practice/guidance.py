@@ -149,7 +149,7 @@ def _guarded_step(x, eps, g, a_t, a_prev, omega, grad_norm, eta, noise, stats):
     stats.n_nonfinite += int((~ok).sum())
     g = torch.where(ok.view(-1, *[1] * (g.ndim - 1)), g, torch.zeros_like(g))
     stats.grad_norms.append(g.flatten(1).norm(dim=1).mean().item())
-    eps_hat = eps - (1 - torch.as_tensor(a_t, dtype=eps.dtype)).sqrt() * omega * normalize_grad(g, grad_norm)
+    eps_hat = guided_eps(eps, eps, a_t, 1.0, omega, normalize_grad(g, grad_norm))   # eq. 5 on the CFG-combined eps (lambda 1: eps itself)
     x_new = ddim_step(x, eps_hat, a_t, a_prev, eta, noise)
     bad = ~_finite(x_new)
     if bad.any():
