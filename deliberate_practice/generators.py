@@ -57,7 +57,7 @@ def _merge_stats(parts):
     return GuidanceStats(first.n_steps, first.n_guided_steps, sum(s.n_nonfinite for s, _ in parts), norms)
 
 class DiffusionGenerator:
-    "Base class: the `.sample` contract over a model that subclasses supply (`denoiser`, `decode`, `to_images`)."
+    "Base class: the `.sample` contract over a model that subclasses supply (`denoiser`, `decode`)."
     sampler_kw = {}            # spacing, steps_offset, prediction_type, final_alpha_bar of the model's schedule
     @property
     def n_classes(self)->int: return len(self.class_names)
@@ -85,7 +85,7 @@ class DiffusionGenerator:
             lab = labels[s:s + batch_size].to(self.device)
             x0, st = guided_ddim_sample(self.denoiser(lab), x_T[s:s + batch_size].to(self.device), self.alpha_bar, n_steps,
                                         cfg_scale, omega, classifier, self.decode, progress=progress and len(starts) == 1, **kw)
-            with torch.no_grad(): imgs.append(self.to_images(x0).float().cpu())
+            with torch.no_grad(): imgs.append(self.decode(x0).float().cpu())
             parts.append((st, len(lab)))
         images = torch.cat(imgs)
         return (images, _merge_stats(parts) if parts else GuidanceStats()) if return_stats else images
@@ -185,7 +185,6 @@ class DigitsGenerator(DiffusionGenerator):
         return lambda x_t, t: self.unet(torch.cat([x_t, x_t]), t, class_labels=cond).sample.chunk(2)
 
     def decode(self, x0_hat): return (x0_hat.clamp(-1, 1) + 1) / 2
-    to_images = decode
 
 # %% ../nbs/07_generators.ipynb #703ae7f0
 def load_digits_generator(device=None,   # where to run it (None: CPU)
@@ -263,11 +262,6 @@ def decode(self:StableDiffusionGenerator, z0_hat:Tensor)->Tensor:
     img = ((self.vae.decode((z0_hat / self.vae.config.scaling_factor).to(self.dtype)).sample.float() + 1) / 2).clamp(0, 1)
     if self.classifier_size is None or tuple(img.shape[-2:]) == self.classifier_size: return img
     return F.interpolate(img, size=self.classifier_size, mode='bilinear', antialias=True, align_corners=False)
-
-@patch
-def to_images(self:StableDiffusionGenerator, z0:Tensor)->Tensor:
-    "The images `sample` returns: the classifier's view of the final latents, shape `image_shape`."
-    return self.decode(z0)
 
 # %% ../nbs/07_generators.ipynb #4c96a603
 SD_SUBFOLDERS = ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler')
