@@ -7,7 +7,8 @@ __all__ = ['ROWS', 'PAPER_TABLE1', 'DIGITS_OMEGA', 'DIGITS_CFG', 'DIGITS_POOL', 
            'SCALES', 'QUICK', 'PRESET_FIELDS', 'RESULT', 'HISTORY_KEYS', 'RESULTS', 'TABLE', 'FIGURE', 'row_kind',
            'preset', 'presets_markdown', 'run_dir', 'scale_parts', 'pool_key', 'initial_pool', 'run_row', 'summarize',
            'images_seen', 'mean_curve', 'efficiency', 'table1_markdown', 'plot_scaling', 'write_outputs',
-           'load_results', 'redraw', 'reproduce', 'parse_overrides', 'dp_reproduce', 'sweep', 'sweep_records']
+           'load_results', 'redraw', 'reproduce', 'parse_overrides', 'dp_reproduce', 'sweep', 'sweep_records',
+           'paired_gap']
 
 # %% ../nbs/04_ablation.ipynb #8659f702
 import copy, json, math, shutil, sys, time
@@ -409,3 +410,16 @@ def sweep_records(name:str, results:list)->list:
         recs.append(dict(setting=name, row=row, omega=c['omega'], cfg_scale=c['cfg_scale'], seeds=v['seeds'], test=v['test'], val=v['val'],
                          n_generated=v['n_generated'][0], wall_s=v['wall_s'][0]))
     return recs
+
+# %% ../nbs/04_ablation.ipynb #e52c0ad9
+def paired_gap(results:list, # result dicts (results.json contents), any rows and seeds
+               row:str,      # e.g. 'dp-p8-100'
+               ref:str,      # e.g. 'random-p8-100'
+              )->dict:       # seeds, gaps (test-accuracy points, per seed), mean, std, sem (standard error of the mean)
+    "Test accuracy of `row` minus that of `ref`, in points, seed by seed over the seeds both ran."
+    a, b = ({r['seed']: r['test_acc'] for r in results if r['row'] == k} for k in (row, ref))
+    seeds = sorted(a.keys() & b.keys())
+    if not seeds: raise ValueError(f"no seed has results for both {row!r} and {ref!r}")
+    g = np.array([100 * (a[s] - b[s]) for s in seeds])
+    std = float(g.std(ddof=1)) if len(g) > 1 else 0.0
+    return dict(seeds=seeds, gaps=g.tolist(), mean=float(g.mean()), std=std, sem=std / math.sqrt(len(g)))
