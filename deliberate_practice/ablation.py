@@ -197,6 +197,13 @@ def efficiency(results:list,               # results.json contents
     return dict(dp_row=dp_row, ref_row=ref_row, target_val_acc=target, ref_images=ref_images, ref_epoch=i + 1,
                 dp_images=dp_images, dp_epoch=dp_epoch, ratio=dp_images / ref_images)
 
+def _dp_efficiencies(results:list)->tuple:
+    "(`efficiency` of every DP row in `results`, the one with the lowest ratio or None); ([], None) without random regeneration."
+    rows = summarize(results)
+    if 'random-p8-100' not in rows: return [], None
+    effs = [efficiency(results, r) for r in rows if row_kind(r) == 'dp']
+    return effs, min((e for e in effs if not math.isnan(e['ratio'])), key=lambda e: e['ratio'], default=None)
+
 # %% ../nbs/04_ablation.ipynb #5dc7b38b
 def _pm(ms, scale=100): return f'{ms[0] * scale:.2f} ± {ms[1] * scale:.2f}'
 
@@ -213,11 +220,10 @@ def table1_markdown(results:list,           # results.json contents
         pat = '-' if row_kind(row) == 'static' else _patience_of(results, row, pat)
         lines.append(f"| {row} | {'WSD' if sched == 'wsd' else 'Cosine'} | {pat} | {prune}% | {_pm(v['val'])} | {_pm(v['test'])} | {pval:.2f} | {ptest:.2f} "
                      f"| {v['n_generated'][0]:,.0f} | {v['wall_s'][0]:.0f} | {len(v['seeds'])} |")
-    if 'random-p8-100' in s and any(row_kind(r) == 'dp' for r in s):
-        effs = [efficiency(results, r) for r in s if row_kind(r) == 'dp']
+    effs, best = _dp_efficiencies(results)
+    if effs:
         e = effs[0]
         reached = lambda e: f"{e['dp_row']} after {e['dp_images']:,.0f} (ratio {e['ratio']:.2f})" if not math.isnan(e['ratio']) else f"{e['dp_row']} never"
-        best = min((e for e in effs if not math.isnan(e['ratio'])), key=lambda e: e['ratio'], default=None)
         lines += ['', f"Efficiency (Fig. 2): random regeneration's best mean val accuracy, {e['target_val_acc'] * 100:.2f}%, came after {e['ref_images']:,.0f} generated images. "
                   f"DP reached it: {'; '.join(reached(e) for e in effs)}. "
                   + (f"**Most image-efficient DP row: {best['dp_row']}, {best['ratio']:.2f} of random regeneration's images** (paper: 490k / 1.7M = 0.29)." if best
@@ -245,12 +251,10 @@ def plot_scaling(results:list,           # results.json contents
         else:
             ax.plot(c['images'], c['val_acc'], '-' if row_kind(row) == 'dp' else '--', lw=2 if row in ('dp-p8-100', 'random-p8-100') else 1,
                     color=colors.get(row), label=row, drawstyle='steps-post')
-    rows = summarize(results)
-    if 'random-p8-100' in rows and any(row_kind(r) == 'dp' for r in rows):
-        effs = [efficiency(results, r) for r in rows if row_kind(r) == 'dp']
+    effs, e = _dp_efficiencies(results)
+    if effs:
         ax.axhline(effs[0]['target_val_acc'], color='gray', lw=0.5)
         ax.plot([effs[0]['ref_images']], [effs[0]['target_val_acc']], 'o', color=colors['random-p8-100'], ms=7)
-        e = min((e for e in effs if not math.isnan(e['ratio'])), key=lambda e: e['ratio'], default=None)
         if e: ax.plot([e['dp_images']], [e['target_val_acc']], '*', color=colors[e['dp_row']], ms=12,
                       label=f"{e['dp_row']} reaches random's best: {e['ratio']:.2f}x the images")
     ax.set(xscale='log', xlabel='images generated (log)', ylabel='val accuracy (mean over seeds)', title=title, ylim=(max(0, min(lows) - 0.03), 1))
@@ -306,6 +310,7 @@ def reproduce(scale:str='digits',     # one of `SCALES`
     seeds, rows = [int(s) for s in seeds], list(rows)
     cfgs = {(r, s): preset(r, scale, quick=quick, **{**overrides, 'seed': s}) for s in seeds for r in rows}   # all validated before any run
     done, pools, title = {}, {}, _title(scale, seeds, quick)
+    ordered = lambda: [done[k] for k in sorted(done, key=lambda k: (ROWS.index(k[0]), seeds.index(k[1])))]   # ROWS order, then seeds order
     for (r, s) in (progress_bar(list(cfgs)) if progress else cfgs):          # seed by seed, all rows of a seed
         t0 = time.perf_counter()
         fresh = not (run_dir(out, r, s) / RESULT).exists() and not (run_dir(out, r, s) / CHECKPOINT).exists()
@@ -318,8 +323,8 @@ def reproduce(scale:str='digits',     # one of `SCALES`
         done[r, s] = run_row(cfgs[r, s], r, out, generator, data, initial_pool=pool)
         if progress: print(f"{r} seed {s}: val {done[r, s]['val_acc']:.4f} test {done[r, s]['test_acc']:.4f} "
                            f"n_generated {done[r, s]['n_generated']} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        write_outputs([done[k] for k in sorted(done, key=lambda k: (ROWS.index(k[0]), seeds.index(k[1])))], out, title)
-    return [done[k] for k in sorted(done, key=lambda k: (ROWS.index(k[0]), seeds.index(k[1])))]
+        write_outputs(ordered(), out, title)
+    return ordered()
 
 # %% ../nbs/04_ablation.ipynb #54abdb9a
 def _parse_value(s:str):
@@ -420,6 +425,6 @@ def paired_gap(results:list, # result dicts (results.json contents), any rows an
     a, b = ({r['seed']: r['test_acc'] for r in results if r['row'] == k} for k in (row, ref))
     seeds = sorted(a.keys() & b.keys())
     if not seeds: raise ValueError(f"no seed has results for both {row!r} and {ref!r}")
-    g = np.array([100 * (a[s] - b[s]) for s in seeds])
-    std = float(g.std(ddof=1)) if len(g) > 1 else 0.0
-    return dict(seeds=seeds, gaps=g.tolist(), mean=float(g.mean()), std=std, sem=std / math.sqrt(len(g)))
+    g = [100 * (a[s] - b[s]) for s in seeds]
+    mean, std = _mean_std(g)
+    return dict(seeds=seeds, gaps=g, mean=mean, std=std, sem=std / math.sqrt(len(g)))
