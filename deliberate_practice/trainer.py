@@ -331,7 +331,7 @@ def refresh(self:DPTrainer)->dict:
     c = self.cfg
     guidance_kw = dict(guide_every=c.guide_every) if c.guide_every != 1 else {}
     with eval_mode(self.eval_model) as clf:
-        info = self.pool.refresh(self.generator, clf, prune_frac=c.prune_frac, selection=c.score_metric if c.selection == 'entropy' else c.selection,
+        info = self.pool.refresh(self.generator, clf, prune_frac=c.prune_frac, selection=c.selection, metric=c.score_metric,
                                  omega=c.omega, cfg_scale=c.cfg_scale, n_steps=c.n_steps, seed=derive_seed(c.seed, REFRESH, self.n_refreshes),
                                  grow=c.grow, batch_size=c.gen_batch_size, progress=False, dist=self._dist, scratch=self.scratch, **guidance_kw)
     self.wait, self.n_refreshes, self.cur_patience = 0, self.n_refreshes + 1, self.cur_patience + c.patience_growth
