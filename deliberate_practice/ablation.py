@@ -138,8 +138,7 @@ def run_row(cfg:DPConfig,        # the row's configuration (from `preset`)
         return res
     if generator is None or data is None: generator, data = scale_parts(cfg)
     if (d / CHECKPOINT).exists():
-        saved = DPConfig.from_dict(_checkpoint_config(d / CHECKPOINT))
-        if saved != cfg: raise ValueError(f"out {str(out)!r} holds a {row} seed {cfg.seed} checkpoint with another config; use another --out")
+        if DPTrainer.saved_config(d) != cfg: raise ValueError(f"out {str(out)!r} holds a {row} seed {cfg.seed} checkpoint with another config; use another --out")
         trainer = DPTrainer.resume(d, generator=generator, data=data, progress=progress)
     else:
         if (d / 'pool').exists(): shutil.rmtree(d / 'pool')     # an on-disk pool left by a run killed before its first checkpoint
@@ -149,10 +148,6 @@ def run_row(cfg:DPConfig,        # the row's configuration (from `preset`)
     res = _result(row, cfg.seed, trainer)
     atomic_write(d / RESULT, lambda p: Path(p).write_text(json.dumps(res)))
     return res
-
-def _checkpoint_config(path)->dict:
-    import torch
-    return torch.load(path, weights_only=False, map_location='cpu')['config']
 
 # %% ../nbs/04_ablation.ipynb #a030e5da
 def _mean_std(v):

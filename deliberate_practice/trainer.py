@@ -25,12 +25,12 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from .guidance import entropy, eval_mode
-from .pool import Pool, atomic_write, _part, _gather_cat
+from .pool import Pool, METRICS, atomic_write, _part, _gather_cat
 from .models import accuracy
 
 # %% ../nbs/03_trainer.ipynb #e66dbc65
 SELECTIONS = ('entropy', 'random', 'none')       # how a refresh picks the images it prunes; 'none' = static pool
-SCORE_METRICS = ('entropy', 'margin', 'loss')    # `Pool.score` metrics (higher = harder)
+SCORE_METRICS = METRICS                          # `Pool.score` metrics (higher = harder)
 SCHEDULERS = ('wsd', 'cosine')
 DATASETS = ('digits', 'imagenet100', 'imagenet1k')
 
@@ -449,7 +449,7 @@ def tensorboard_callback(logdir)->callable:
 def saved_config(cls:DPTrainer, out)->DPConfig:
     "The config of the run checkpointed in `out`."
     if not (Path(out) / CHECKPOINT).exists(): raise ValueError(f"out has no {CHECKPOINT} to resume from, got {str(out)!r}")
-    return DPConfig.from_dict(torch.load(Path(out) / CHECKPOINT, weights_only=False)['config'])
+    return DPConfig.from_dict(torch.load(Path(out) / CHECKPOINT, weights_only=False, map_location='cpu')['config'])   # on CPU: only the config is read
 
 @patch(cls_method=True)
 def resume(cls:DPTrainer, out,         # folder of a run started with `out=`
@@ -458,7 +458,6 @@ def resume(cls:DPTrainer, out,         # folder of a run started with `out=`
     "Reload the run in `out` from its last checkpoint."
     out = Path(out)
     if not (out / CHECKPOINT).exists(): raise ValueError(f"out has no {CHECKPOINT} to resume from, got {str(out)!r}")
-    for tmp in out.glob('*.tmp'): tmp.unlink(missing_ok=True)   # what a kill during a write left behind
     sd = torch.load(out / CHECKPOINT, weights_only=False)
     t = cls(DPConfig.from_dict(sd['config']), generator, data, classifier, out, progress, callbacks, tensorboard)
     t.load_state_dict(sd)
