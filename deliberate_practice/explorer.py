@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import ipywidgets as widgets
 from IPython.display import display, clear_output
 from .guidance import entropy, eval_mode
-from .pool import Pool
+from .pool import Pool, _device_dtype
 
 # %% ../nbs/09_explorer.ipynb #9e018b90
 ALL_CLASSES = 'all classes'
@@ -40,7 +40,7 @@ def sample_and_score(generator,          # has `.sample(labels, cfg_scale, omega
                     )->dict:             # images, labels, logits, entropy, pred, n_nonfinite
     "Generate one image per label and score it with `classifier` (eval mode, no gradients)."
     images, stats = generator.sample(labels, cfg_scale=cfg_scale, omega=omega, classifier=classifier, n_steps=n_steps, seed=seed, return_stats=True)
-    with eval_mode(classifier), torch.no_grad(): logits = classifier(images).float().cpu()
+    with eval_mode(classifier), torch.no_grad(): logits = classifier(images.to(*_device_dtype(classifier))).float().cpu()   # on the classifier's device and dtype
     return dict(images=images, labels=torch.as_tensor(labels), logits=logits, entropy=entropy(logits), pred=logits.argmax(1),
                 n_nonfinite=int(getattr(stats, 'n_nonfinite', 0)))
 
