@@ -353,6 +353,11 @@ def _fill(self:Pool, pos:Tensor, generator, classifier, omega, cfg_scale, n_step
         self.born[p], self.omega[p] = self.round, float(omega)
     return n_nonfinite
 
+def _open_shards(root:Path)->tuple:
+    "(ShardStore, the other tensors of the meta file, index) of the pool directory `root`."
+    index = read_index(root); meta = load_file(str(root/index['meta']))
+    return ShardStore(root, index['shards'], meta.pop('shard'), meta.pop('row'), index['image_shape'], index['shard_size']), meta, index
+
 @patch
 def _commit_all(self:Pool, dist=None, scratch=None):
     "Commit (on disk: the main process writes, then the others reopen its index) and clear this round's scratch slices."
@@ -360,9 +365,7 @@ def _commit_all(self:Pool, dist=None, scratch=None):
     if rank == 0: self._commit()
     if world > 1:
         dist.wait_for_everyone()
-        if rank and self.root is not None:
-            index = read_index(self.root); meta = load_file(str(self.root/index['meta']))
-            self.store = ShardStore(self.root, index['shards'], meta['shard'], meta['row'], index['image_shape'], index['shard_size'])
+        if rank and self.root is not None: self.store = _open_shards(self.root)[0]
     if rank == 0 and scratch is not None and Path(scratch).exists():
         for f in Path(scratch).glob(f'r{self.round:05d}-*'): f.unlink(missing_ok=True)
         if not any(Path(scratch).iterdir()): Path(scratch).rmdir()
@@ -525,10 +528,7 @@ def _link_or_copy(src, dst):
 def load(cls:Pool, path)->'Pool':
     "Open a pool saved with `save`: a safetensors file (into memory) or a pool directory (lazily, in place)."
     path = Path(path)
-    if path.is_dir():
-        index = read_index(path)
-        meta = load_file(str(path/index['meta']))
-        store = ShardStore(path, index['shards'], meta.pop('shard'), meta.pop('row'), index['image_shape'], index['shard_size'])
+    if path.is_dir(): store, meta, index = _open_shards(path)
     elif path.exists():
         meta = load_file(str(path))
         with safe_open(str(path), framework='pt') as f: index = f.metadata() or {}
