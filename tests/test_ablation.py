@@ -39,7 +39,7 @@ def test_presets_follow_table1(scale):
 def test_imagenet_presets_are_the_papers():
     c100, c1k = preset('dp-p8-100', 'imagenet100', **IMAGENET), preset('dp-p8-100', 'imagenet1k', **IMAGENET)
     assert (c100.pool_size, c1k.pool_size) == (65_000, 650_000)
-    assert (c100.lr, c100.batch_size, c1k.lr, c1k.batch_size) == (3e-3, 64, 1.6e-3, 128)
+    assert (c100.lr, c100.batch_size, c1k.lr, c1k.batch_size) == (3e-3, 8 * 64, 1.6e-3, 8 * 128)   # the appendix's batch per GPU, on one 8-GPU node
     for c in (c100, c1k):
         assert (c.model, c.omega, c.cfg_scale, c.cfg_scale_init, c.scheduler) == ('vit_base_patch16_224', 0.05, 3.0, 2.0, 'wsd')
         assert (c.label_smoothing, c.mixup, c.cutmix) == (0.11, 0.5, 1.0) and c.ema_decay > 0

@@ -78,3 +78,35 @@ def test_resume_refuses_changed_config(tmp_path, capsys):
     assert 'epochs is 1 in the checkpoint, got 2' in capsys.readouterr().err
     assert _run(['--out', str(tmp_path), '--epochs', '1']) == 2       # a fresh run into a used folder
     assert 'pass --resume or another --out' in capsys.readouterr().err
+
+def _imagenet_layout(root, wnids, n=1, size=(20, 30)):
+    "A tiny ImageNet root: train/ and val/ with n random images in each wnid folder."
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for w in wnids:
+            (root / split / w).mkdir(parents=True)
+            for i in range(n): Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / split / w / f'{w}_{i}.JPEG')
+
+def test_imagenet100_preset_end_to_end(tmp_path):
+    "dp-train --preset imagenet100 (the paper's recipe: ViT, bf16, Mixup/CutMix, EMA, test only at the end) on a tiny ImageNet-100 layout and tiny SD."
+    from deliberate_practice.data import IMAGENET100_WNIDS
+    from deliberate_practice.generators import StableDiffusionGenerator, tiny_sd_components
+    _imagenet_layout(tmp_path / 'in', IMAGENET100_WNIDS)
+    StableDiffusionGenerator(**tiny_sd_components(), class_names=['tench']).save_pretrained(tmp_path / 'sd')
+    out = tmp_path / 'run'
+    r = subprocess.run(['dp-train', '--preset', 'imagenet100', '--data-root', str(tmp_path / 'in'), '--sd-path', str(tmp_path / 'sd'), '--out', str(out),
+                        '--device', 'cpu', '--model', 'test_vit', '--image-size', '32', '--pool-size', '8', '--batch-size', '4', '--epochs', '3',
+                        '--n-steps', '2', '--patience', '1', '--gen-batch-size', '4', '--guidance-batch-size', '2', '--num-workers', '2'],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    fin = json.loads((out / 'final.json').read_text())
+    c = fin['config']
+    assert (c['dataset'], c['pool_size'], c['mixed_precision'], c['mixup'], c['ema_decay'], c['test_every'], c['lr']) == ('imagenet100', 8, 'bf16', 0.5, 0.998, 0, 3e-3)
+    hist = [json.loads(l) for l in (out / 'history.jsonl').read_text().splitlines()]
+    assert [h['test_acc'] is None for h in hist] == [True, True, False]          # the real test split (ImageNet train/) only at the end
+    assert fin['test_acc'] == hist[-1]['test_acc'] and 0 <= fin['test_acc'] <= 1
+    assert sum(fin['pool_class_counts']) == 8 and fin['pool_class_counts'][:8] == [1] * 8
+    assert (out / 'pool' / 'index.json').exists()                                 # ImageNet pools live on disk, in shards
+    assert 'epoch   3/3' in r.stdout and 'test -' in r.stdout

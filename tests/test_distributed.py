@@ -96,3 +96,25 @@ def test_interrupted_generation_resumes_from_scratch(tmp_path):
     p = Pool.generate(g, labels, seed=3, shard_size=8, scratch=sc)
     assert g.calls == 2                                                            # only chunks 3 and 4 generated again
     assert torch.equal(p.get_images(slice(None)), ref.get_images(slice(None))) and not sc.exists()
+
+def test_dp_reproduce_two_processes_writes_once(tmp_path):
+    "dp-reproduce under accelerate launch: both processes run every row, only the main one prints and writes; results match one process."
+    rows = ['static-wsd', 'dp-p8-100']
+    r = _launch(['--no_python', 'dp-reproduce', '--quick', '--rows', *rows, '--threads', '1', '--out', str(tmp_path / 'two')])
+    if r.returncode and ('deliberate_practice' not in r.stderr or shutil.which('accelerate') is None):
+        pytest.skip(f"accelerate launch could not start 2 processes here: {r.stderr[-300:]}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for row in rows: assert r.stdout.count(f'{row} seed 1:') == 1, r.stdout            # one process reports each row
+    assert r.stdout.count('2 runs in') == 1
+    from deliberate_practice.ablation import reproduce, run_dir
+    one = reproduce('digits', seeds=[1], rows=rows, out=tmp_path / 'one', quick=True, progress=False)
+    two = json.loads((tmp_path / 'two' / 'results.json').read_text())
+    assert [(x['row'], x['seed']) for x in two] == [(x['row'], x['seed']) for x in one]
+    for a, b in zip(one, two):
+        assert a['config'] == b['config']
+        if a['refreshes'] == b['refreshes']: assert a['n_generated'] == b['n_generated']
+        assert abs(a['test_acc'] - b['test_acc']) <= 0.1, (a['row'], a['test_acc'], b['test_acc'])   # data-parallel rounding only
+        assert json.loads((run_dir(tmp_path / 'two', a['row'], 1) / 'result.json').read_text()) == b
+    assert two[0]['n_generated'] == 100 and two[1]['refreshes'] >= 1
+    left = [p.name for p in (tmp_path / 'two').rglob('*') if '.tmp' in p.name]
+    assert not left, left                                                                  # no temp file from a second writer

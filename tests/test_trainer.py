@@ -43,6 +43,12 @@ BAD = [
     ('device', 'gpu0', "device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu0'"),
     ('seed', -1, 'seed must be >= 0, got -1'),
     ('data_root', 3, 'data_root must be a non-empty string, got 3'),
+    ('guidance_batch_size', 0, 'guidance_batch_size must be >= 1 or None, got 0'),
+    ('mixed_precision', 'fp8', "mixed_precision must be one of ('no', 'bf16', 'fp16'), got 'fp8'"),
+    ('mixed_precision', 'fp16', "mixed_precision must be 'no' or 'bf16' off CUDA ('fp16' needs a CUDA device), got 'fp16'"),
+    ('num_workers', -1, 'num_workers must be >= 0, got -1'),
+    ('test_every', -1, 'test_every must be >= 0, got -1'),
+    ('gradient_checkpointing', 1, 'gradient_checkpointing must be True or False, got 1'),
 ]
 
 @pytest.mark.parametrize('field,value,msg', BAD, ids=[f'{f}={v!r}' for f, v, _ in BAD])
@@ -129,3 +135,49 @@ def test_no_refresh_in_decay_phase(parts):
     t.fit()
     assert [r['refreshes'] for r in t.history] == [1, 2, 3, 4, 4, 4, 4, 4]   # none after epoch 5: epochs 6-8 hold cool-down steps
     assert t.history[-1]['n_generated'] == 40 * 5
+
+class StubPool:
+    "Stands in for the pool in `refresh`: records the call, changes nothing."
+    def __init__(self): self.calls = []
+    def refresh(self, *a, **kw): self.calls.append(kw); return {}
+
+def test_patience_resets_on_improvement_and_on_refresh(parts):
+    t = DPTrainer(DPConfig(**{**TINY, "patience": 2}, patience_growth=1, guidance_batch_size=3), **parts)
+    assert [t.patience_step(v) for v in (0.5, 0.4, 0.6, 0.6)] == [False, False, False, False]   # 0.6 improved: the count restarted
+    assert t.wait == 1 and t.patience_step(0.6) and t.wait == 2                                   # two epochs without improvement: due
+    t.pool = StubPool()
+    t.refresh()
+    assert (t.wait, t.n_refreshes, t.cur_patience) == (0, 1, 3)                                  # a refresh restarts the count and grows patience
+    assert not t.patience_step(0.6) and t.wait == 1
+    assert t.pool.calls[0]['guidance_batch_size'] == 3                                           # the memory bound reaches the generator
+
+def test_test_split_every_k_epochs_and_at_the_end(parts):
+    seen = []
+    class Counting(DPTrainer):
+        def evaluate(self, data): seen.append(self.epoch + 1); return super().evaluate(data)
+    for every, tested in ((0, [5]), (2, [2, 4, 5]), (1, [1, 2, 3, 4, 5])):
+        t = Counting(DPConfig(**TINY, epochs=5, selection='none', test_every=every), **parts)
+        seen.clear(); res = t.fit()
+        assert [r['epoch'] for r in t.history if r['test_acc'] is not None] == tested
+        assert len(seen) == 5 + len(tested)                                                     # val every epoch, test as due
+        assert res['test_acc'] == t.history[-1]['test_acc'] is not None
+
+def test_dataset_split_through_loader_equals_tensors(parts):
+    "A Dataset split (read by DataLoader workers, sharded by accelerate) scores the same as the same images as tensors."
+    from torch.utils.data import TensorDataset
+    t = DPTrainer(DPConfig(**TINY, num_workers=2), **parts)
+    x, y = parts['data']['test']
+    assert t.evaluate(TensorDataset(x, y)) == t.evaluate((x, y))
+
+def test_bf16_mixed_precision_trains_in_bf16(parts):
+    "mixed_precision='bf16' runs the training forward pass under autocast (accelerate), through accelerator.backward."
+    t = DPTrainer(DPConfig(**TINY, epochs=1, selection='none', mixed_precision='bf16'), **parts)
+    dtypes = []
+    h = t.model.model.features[0][0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    res = t.fit(); h.remove()
+    assert t.acc.mixed_precision == 'bf16' and torch.bfloat16 in dtypes
+    assert math.isfinite(t.history[-1]['pool_entropy']) and 0 <= res['test_acc'] <= 1
+    fp32 = DPTrainer(DPConfig(**TINY, epochs=1, selection='none'), **parts)                     # the next run in this process: fp32 again
+    dtypes.clear(); h = fp32.model.model.features[0][0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    fp32.fit(); h.remove()
+    assert set(dtypes) == {torch.float32}

@@ -1,0 +1,73 @@
+"Every `dp-train` / `dp-reproduce` command the README and the notebooks show resolves, through the real parsers, to the configuration it claims (`--print-config`)."
+import inspect, io, json, re, shlex
+from contextlib import redirect_stdout
+from pathlib import Path
+import pytest
+from fastcore.script import anno_parser
+from deliberate_practice import trainer
+from deliberate_practice.ablation import dp_reproduce, ROWS
+from deliberate_practice.cli import dp_train, parse_args
+
+ROOT = Path(__file__).parents[1]
+FENCE = re.compile(r'```(?:sh|bash|shell)?\n(.*?)```', re.S)
+
+def _texts():
+    "(source name, markdown text) of the README and of every markdown cell of every notebook."
+    yield 'README.md', (ROOT / 'README.md').read_text()
+    for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        for c in json.loads(nb.read_text())['cells']:
+            if c['cell_type'] == 'markdown': yield nb.name, ''.join(c['source'])
+
+def shown_commands()->list:
+    "(source, command name, argv) of every dp-train / dp-reproduce line in a fenced code block; launcher prefixes and comments dropped."
+    out = []
+    for src, text in _texts():
+        for block in FENCE.findall(text):
+            for line in block.replace('\\\n', ' ').splitlines():
+                m = re.search(r'\b(dp-train|dp-reproduce)\b(.*)', line.split(' # ')[0])
+                if not m or '"$(command' in line: continue
+                out.append((src, m.group(1), shlex.split(m.group(2).replace('$SEED', '1'))))
+    return out
+
+COMMANDS = shown_commands()
+
+def test_commands_found():
+    srcs = {s for s, _, _ in COMMANDS}
+    assert {'README.md', 'index.ipynb', '03_trainer.ipynb', '04_ablation.ipynb'} <= srcs, srcs
+    assert sum(c == 'dp-train' for _, c, _ in COMMANDS) >= 6 and sum(c == 'dp-reproduce' for _, c, _ in COMMANDS) >= 6
+
+def _printed(fn, *a, **kw):
+    with redirect_stdout(io.StringIO()) as f: fn(*a, **kw)
+    return json.loads(f.getvalue())
+
+def _reproduce_configs(argv)->list:
+    ns = anno_parser(dp_reproduce.__wrapped__).parse_args(argv)
+    params = inspect.signature(dp_reproduce.__wrapped__).parameters
+    return _printed(dp_reproduce.__wrapped__, **{**{k: v for k, v in vars(ns).items() if k in params}, 'print_config': True})
+
+IMAGENET = dict(imagenet100=65_000, imagenet1k=650_000)
+
+@pytest.mark.parametrize('src,cmd,argv', COMMANDS, ids=[f"{s}: {c} {' '.join(a)}"[:90] for s, c, a in COMMANDS])
+def test_command_resolves_to_what_it_claims(src, cmd, argv, tmp_path):
+    if cmd == 'dp-train':
+        c = _printed(dp_train, [*argv, '--print-config'])
+        kw, ns = parse_args([*argv, '--print-config'])
+        dataset = kw.get('dataset', 'digits')
+        assert c == trainer.preset(getattr(ns, 'preset', dataset), **kw).to_dict()
+        assert c['dataset'] == dataset
+        if dataset in IMAGENET:
+            assert (c['pool_size'], c['model'], c['omega'], c['cfg_scale'], c['patience']) == (IMAGENET[dataset], 'vit_base_patch16_224', 0.05, 3.0, 8)
+            assert (c['device'], c['mixed_precision'], c['image_size']) == ('cuda', 'bf16', 224)
+        else: assert c == trainer.DPConfig(**kw).to_dict()               # digits: the DPConfig defaults, which are the reproduction's dp-p8-100 row
+        return
+    if '--plot' in argv: return                                            # redraws saved results: no configuration
+    cfgs = _reproduce_configs(argv)
+    ns = anno_parser(dp_reproduce.__wrapped__).parse_args(argv)
+    rows, seeds = ns.rows or list(ROWS), ns.seeds or ([1] if ns.quick else [1, 2, 3])
+    assert [(c['row'], c['seed']) for c in cfgs] == [(r, int(s)) for s in seeds for r in rows]
+    assert {c['dataset'] for c in cfgs} == {ns.scale}
+    for c in cfgs:
+        if c['row'] == 'dp-p8-100' and not ns.quick:                      # the scale's dp-p8-100 row is its dp-train preset
+            paths = {k: c[k] for k in ('data_root', 'sd_path', 'device', 'seed')}
+            assert {k: v for k, v in c.items() if k != 'row'} == trainer.preset(ns.scale, **paths).to_dict()
+        if ns.scale in IMAGENET: assert c['pool_size'] == IMAGENET[ns.scale] and c['model'] == 'vit_base_patch16_224'
