@@ -17,7 +17,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from fastcore.script import call_parse, Param
 from fastprogress.fastprogress import progress_bar
-from .trainer import DPConfig, DPTrainer, PRESETS, atomic_write, CHECKPOINT, distributed_state, run_device
+from .trainer import DPConfig, DPTrainer, PRESETS, atomic_write, CHECKPOINT, distributed_state, run_device, digits_weights
 
 # %% ../nbs/04_ablation.ipynb #9b1b129f
 ROWS = ('static-cosine', 'static-wsd', 'dp-p10-25', 'dp-p8-25', 'dp-p8-50', 'dp-p8-75', 'dp-p8-100', 'random-p8-100')
@@ -94,7 +94,7 @@ def scale_parts(cfg:DPConfig)->tuple:
     "(generator, data) for `cfg.dataset`, on this process's device (bound first): loaded once, shared by every row of a reproduction."
     from deliberate_practice import generators, data as D
     device = run_device(cfg)                                  # binds this process to its GPU before any weight is loaded
-    if cfg.dataset == 'digits': return generators.load_digits_generator(device=device), D.digits_splits()
+    if cfg.dataset == 'digits': return generators.load_digits_generator(device=device, path=digits_weights(cfg.digits_generator)), D.digits_splits()
     names = D.imagenet_class_names(D.IMAGENET_SUBSETS[cfg.dataset])
     gen = generators.StableDiffusionGenerator.from_pretrained(cfg.sd_path, names, classifier_size=cfg.image_size, device=device,
                                                               gradient_checkpointing=cfg.gradient_checkpointing, guidance_decoder=cfg.guidance_decoder)
@@ -102,7 +102,7 @@ def scale_parts(cfg:DPConfig)->tuple:
 
 def pool_key(cfg:DPConfig)->tuple:
     "What the initial pool depends on: rows with the same key start from the same images."
-    return (cfg.dataset, cfg.seed, cfg.pool_size, cfg.cfg_scale_init, cfg.n_steps, cfg.gen_batch_size, cfg.sd_path, cfg.image_size)
+    return (cfg.dataset, cfg.digits_generator, cfg.seed, cfg.pool_size, cfg.cfg_scale_init, cfg.n_steps, cfg.gen_batch_size, cfg.sd_path, cfg.image_size)
 
 def initial_pool(cfg:DPConfig, generator, data)->tuple:
     "(the initial pool `DPTrainer` builds for `cfg`, seconds it took): generated once per seed and shared by the rows."

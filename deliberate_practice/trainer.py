@@ -6,10 +6,12 @@
 __all__ = ['SELECTIONS', 'SCORE_METRICS', 'SCHEDULERS', 'PRECISIONS', 'DATASETS', 'TYPE_NAMES', 'PRESETS', 'POOL', 'INIT',
            'EPOCH', 'REFRESH', 'EVAL_BATCH_SIZE', 'CHECKPOINT', 'HISTORY', 'HISTORY_CSV', 'FINAL', 'TENSORBOARD',
            'DPConfig', 'preset', 'wsd_lr', 'cosine_lr', 'in_decay_phase', 'derive_seed', 'seeded', 'as_dataset',
-           'DPTrainer', 'distributed_state', 'run_device', 'make_accelerator', 'history_csv', 'tensorboard_callback']
+           'digits_weights', 'DPTrainer', 'distributed_state', 'run_device', 'make_accelerator', 'history_csv',
+           'tensorboard_callback']
 
 # %% ../nbs/03_trainer.ipynb #3aa7e536
 import csv, dataclasses, io, json, math, os, random, sys, time, numbers
+from importlib.resources import files
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 from functools import partial
@@ -73,6 +75,7 @@ class DPConfig:
     model:str = 'digits_cnn'      # timm model name of the classifier
     image_size:int|None = None    # classifier input side: SD images are resized to it (pool and guidance), real ImageNet loads at it (None: the generator's)
     dataset:str = 'digits'        # one of `DATASETS`
+    digits_generator:str = 'digits_unet'  # digits: the generator's weights, a name in deliberate_practice/weights/ or a file stem (path without suffix)
     data_root:str|None = None     # ImageNet folder (needed for the imagenet datasets)
     sd_path:str|None = None       # Stable Diffusion weights folder (needed for the imagenet datasets)
     device:str = 'cpu'            # torch device of classifier and generator
@@ -194,6 +197,10 @@ def as_dataset(data)->Dataset:
     return TensorDataset(*data) if isinstance(data, (tuple, list)) else data
 
 # %% ../nbs/03_trainer.ipynb #8b8792ae
+def digits_weights(name:str)->Path:
+    "File stem of digits generator weights: a bare name is one shipped in `deliberate_practice/weights/`, anything with a folder a path."
+    return Path(name) if Path(name).name != name else Path(str(files('deliberate_practice') / 'weights' / name))
+
 def _default_parts(cfg, generator, data, classifier, device=None):
     "Generator, real data and classifier for `cfg.dataset`, where not given."
     if cfg.dataset != 'digits' and (generator is None or data is None):
@@ -201,7 +208,7 @@ def _default_parts(cfg, generator, data, classifier, device=None):
                          "and data=dict(val=..., test=...) built from data_root")
     if generator is None:
         from deliberate_practice.generators import load_digits_generator
-        generator = load_digits_generator(device=device or cfg.device)
+        generator = load_digits_generator(device=device or cfg.device, path=digits_weights(cfg.digits_generator))
     if data is None:
         from deliberate_practice.data import digits_splits
         data = digits_splits()
