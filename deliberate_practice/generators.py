@@ -6,7 +6,7 @@
 __all__ = ['NULL_LABEL', 'DIGITS_SCHEDULE', 'DIGITS_UNET_CONFIG', 'DIGITS_TRAINING', 'DIGITS_WEIGHTS', 'SD_SUBFOLDERS',
            'initial_noise', 'check_labels', 'DiffusionGenerator', 'digits_unet', 'train_digits_generator',
            'save_digits_unet', 'DigitsGenerator', 'load_digits_generator', 'StableDiffusionGenerator',
-           'tiny_sd_components']
+           'tiny_sd_components', 'tiny_taesd']
 
 # %% ../nbs/07_generators.ipynb #26f787d4
 import json
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
@@ -62,6 +62,9 @@ class DiffusionGenerator:
     sampler_kw = {}            # spacing, steps_offset, prediction_type, final_alpha_bar of the model's schedule
     @property
     def n_classes(self)->int: return len(self.class_names)
+    def guidance_view(self, x0_hat:Tensor)->Tensor:
+        "The classifier input the entropy gradient goes through (differentiable); by default `decode`."
+        return self.decode(x0_hat)
     def sample(self, labels,                  # class index per image
                cfg_scale:float=2.0,           # classifier-free guidance scale lambda
                omega:float=0.0,               # entropy-guidance weight (0: plain CFG sampling)
@@ -72,7 +75,7 @@ class DiffusionGenerator:
                progress:bool=False,           # show a fastprogress bar
                return_stats:bool=False,       # also return the merged `GuidanceStats`
                first_index:int=0,             # index of labels[0] in a larger call: these images are that call's images first_index, ...
-               **guidance_kw,                 # passed to `guided_ddim_sample` (guide_every, eta, grad_through_denoiser, ...)
+               **guidance_kw,                 # passed to `guided_ddim_sample` (guide_every, guidance_batch_size, eta, grad_through_denoiser, ...)
               ):                              # float32 images in [0, 1], (B, *image_shape), on the CPU
         "Generate one image per label with guided DDIM (eq. 5)."
         labels = check_labels(labels, self.n_classes)
@@ -85,7 +88,7 @@ class DiffusionGenerator:
         for s in (progress_bar(starts, leave=False) if progress and len(starts) > 1 else starts):
             lab = labels[s:s + batch_size].to(self.device)
             x0, st = guided_ddim_sample(self.denoiser(lab), x_T[s:s + batch_size].to(self.device), self.alpha_bar, n_steps,
-                                        cfg_scale, omega, classifier, self.decode, progress=progress and len(starts) == 1, **kw)
+                                        cfg_scale, omega, classifier, self.guidance_view, progress=progress and len(starts) == 1, **kw)
             with torch.no_grad(): imgs.append(self.decode(x0).float().cpu())
             parts.append((st, len(lab)))
         images = torch.cat(imgs)
@@ -211,6 +214,22 @@ def _device_and_dtype(device=None, dtype=None)->tuple:
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     return device, dtype or (torch.float16 if device.type == 'cuda' else torch.float32)
 
+def _guidance_decoder(decoder, device, dtype, latent_channels:int):
+    "An `AutoencoderTiny` from a module or a local folder, frozen in eval mode on `device` in `dtype` (None stays None)."
+    if decoder is None: return None
+    if isinstance(decoder, (str, Path)):
+        p = Path(decoder).expanduser()
+        if not (p / 'config.json').is_file():
+            raise FileNotFoundError(f"guidance_decoder: no AutoencoderTiny folder at {p} (config.json missing), and nothing is downloaded. Fetch TAESD "
+                                    "once where there is a network, e.g. `hf download madebyollin/taesd --local-dir DIR`, then pass DIR; "
+                                    "or pass guidance_decoder=None to guide through the SD VAE.")
+        decoder = AutoencoderTiny.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
+    if not isinstance(decoder, AutoencoderTiny):
+        raise ValueError(f"guidance_decoder must be a diffusers AutoencoderTiny or a local folder holding one, got {type(decoder).__name__}")
+    if decoder.config.latent_channels != latent_channels:
+        raise ValueError(f"guidance_decoder has {decoder.config.latent_channels} latent channels, the UNet {latent_channels}")
+    return (decoder.to(device) if decoder.dtype == dtype else decoder.to(device, dtype)).eval().requires_grad_(False)
+
 class StableDiffusionGenerator(DiffusionGenerator):
     "Class-conditional sampling from a text-to-image latent diffusion model (Stable Diffusion), one prompt per class."
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler,  # diffusers/transformers components
@@ -221,7 +240,9 @@ class StableDiffusionGenerator(DiffusionGenerator):
                  classifier_size=None,                  # int or (h, w): decoded images are resized to it, for guidance and in the output (None: no resize)
                  dtype=None,                            # None: float16 on GPU, float32 on CPU
                  device=None,                           # None: CUDA if available, else CPU
-                 attention_slicing=None,                # `set_attention_slice` value (None: 'auto' on GPU, off on CPU)
+                 attention_slicing=None,                # `set_attention_slice` value ('auto', 'max', int), with VAE slicing (None: untouched, PyTorch 2 SDPA)
+                 gradient_checkpointing:bool=False,     # checkpoint the guidance view's decoder: less memory, one more decoder forward per guided step
+                 guidance_decoder=None,                 # `AutoencoderTiny` (TAESD) or its local folder, for the guidance view only (None: the VAE)
                 ):
         if not class_names: raise ValueError(f"class_names must be a non-empty list, got {class_names!r}")
         c = scheduler.config
@@ -230,8 +251,9 @@ class StableDiffusionGenerator(DiffusionGenerator):
         self.unet, self.vae, self.text_encoder = [(m.to(self.device) if m.dtype == self.dtype else m.to(self.device, self.dtype)).eval().requires_grad_(False)
                                                   for m in (unet, vae, text_encoder)]
         self.tokenizer, self.scheduler, self.class_names, self.prompt_template = tokenizer, scheduler, list(class_names), prompt_template
-        if attention_slicing is None and self.device.type == 'cuda': attention_slicing = 'auto'
+        self.guidance_decoder = _guidance_decoder(guidance_decoder, self.device, self.dtype, unet.config.in_channels)
         if attention_slicing is not None: self.unet.set_attention_slice(attention_slicing); self.vae.enable_slicing()
+        if gradient_checkpointing: (self.guidance_decoder or self.vae).enable_gradient_checkpointing()
         f = 2 ** (len(vae.config.block_out_channels) - 1)        # VAE downsampling factor (8 for SD)
         image_size = image_size or unet.config.sample_size * f
         if image_size % f: raise ValueError(f"image_size must be a multiple of {f}, got {image_size}")
@@ -263,11 +285,23 @@ def denoiser(self:StableDiffusionGenerator, labels:Tensor):
     return lambda z, t: self.unet(torch.cat([z, z]).to(self.dtype), t, encoder_hidden_states=emb).sample.float().chunk(2)
 
 @patch
+def _to_images(self:StableDiffusionGenerator, decoded:Tensor)->Tensor:
+    "A decoder's output in $[-1, 1]$ as float32 images in $[0, 1]$ of `image_shape` (resized when `classifier_size` asks; differentiable)."
+    img = ((decoded.float() + 1) / 2).clamp(0, 1)
+    if tuple(img.shape[-2:]) == self.image_shape[1:]: return img
+    return F.interpolate(img, size=self.image_shape[1:], mode='bilinear', antialias=True, align_corners=False)
+
+@patch
 def decode(self:StableDiffusionGenerator, z0_hat:Tensor)->Tensor:
-    "The classifier's view of a denoised latent: VAE decode, [0, 1], resized to `classifier_size` (differentiable)."
-    img = ((self.vae.decode((z0_hat / self.vae.config.scaling_factor).to(self.dtype)).sample.float() + 1) / 2).clamp(0, 1)
-    if self.classifier_size is None or tuple(img.shape[-2:]) == self.classifier_size: return img
-    return F.interpolate(img, size=self.classifier_size, mode='bilinear', antialias=True, align_corners=False)
+    "The classifier's view of a denoised latent: VAE decode of $\\hat z_0 / s$, [0, 1], resized to `classifier_size` (differentiable)."
+    return self._to_images(self.vae.decode((z0_hat / self.vae.config.scaling_factor).to(self.dtype)).sample)
+
+@patch
+def guidance_view(self:StableDiffusionGenerator, z0_hat:Tensor)->Tensor:
+    "The view the entropy gradient goes through: `decode`, or the small `guidance_decoder` (it takes SD's scaled latents: its scaling_factor is 1)."
+    d = self.guidance_decoder
+    if d is None: return self.decode(z0_hat)
+    return self._to_images(d.decode((z0_hat / d.config.scaling_factor).to(self.dtype)).sample)
 
 # %% ../nbs/07_generators.ipynb #4c96a603
 SD_SUBFOLDERS = ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler')
@@ -297,8 +331,10 @@ def from_pretrained(cls:StableDiffusionGenerator,
                     dtype=None,                      # None: float16 on GPU, float32 on CPU
                     device=None,                     # None: CUDA if available
                     local_files_only:bool=True,      # never touch the network
-                    attention_slicing=None,          # None: 'auto' on GPU
+                    attention_slicing=None,          # None: untouched (PyTorch 2 SDPA attention)
                     image_size:int=None,             # None: the model's native size
+                    gradient_checkpointing:bool=False, # checkpoint the guidance view's decoder
+                    guidance_decoder=None,           # `AutoencoderTiny` or its local folder (e.g. TAESD's), for the guidance view only
                     **kwargs,                        # negative_prompt, classifier_size
                    )->StableDiffusionGenerator:
     "Build a `StableDiffusionGenerator` from saved diffusers components."
@@ -311,7 +347,7 @@ def from_pretrained(cls:StableDiffusionGenerator,
              CLIPTextModel.from_pretrained(root, subfolder='text_encoder', dtype=dtype, **kw),
              CLIPTokenizer.from_pretrained(root, subfolder='tokenizer', **kw), DDIMScheduler.from_pretrained(root, subfolder='scheduler', **kw))
     return cls(*comps, class_names, prompt_template=prompt_template, image_size=image_size, dtype=dtype, device=device,
-               attention_slicing=attention_slicing, **kwargs)
+               attention_slicing=attention_slicing, gradient_checkpointing=gradient_checkpointing, guidance_decoder=guidance_decoder, **kwargs)
 
 @patch
 def save_pretrained(self:StableDiffusionGenerator, path):
@@ -338,3 +374,8 @@ def tiny_sd_components(seed:int=0)->dict: # dict(unet, vae, text_encoder, tokeni
     scheduler = DDIMScheduler(beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012, clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)   # Stable Diffusion 1.5's schedule
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+def tiny_taesd(seed:int=0)->AutoencoderTiny: # random-weight TAESD-shaped guidance decoder
+    "A random-weight `AutoencoderTiny` for `tiny_sd_components`' latents (4 channels, upsampling x2, like its VAE), test scaffolding."
+    return _seeded(seed + 3, lambda: AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
+                                                     num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1)))

@@ -7,6 +7,7 @@ __all__ = ['GRAD_NORMS', 'entropy', 'eval_mode', 'entropy_grad', 'normalize_grad
            'GuidanceStats', 'guided_ddim_sample']
 
 # %% ../nbs/01_guidance.ipynb #c4510b0f
+import numbers
 from dataclasses import dataclass, field
 from contextlib import contextmanager
 import torch
@@ -32,19 +33,25 @@ def eval_mode(model):
     finally:
         for m, t in modes: m.training = t
 
+def _entropy_grad_x0(x0_hat:Tensor, classifier, decode=None, batch_size:int=None)->Tensor:
+    "d/dx0_hat of the summed entropy, `batch_size` images per backward pass (each sample's entropy depends on that sample only)."
+    def one(z):
+        z = z.detach().requires_grad_(True)
+        return torch.autograd.grad(entropy(classifier(decode(z) if decode is not None else z)).sum(), z)[0]
+    with torch.enable_grad(): return torch.cat([one(z) for z in x0_hat.split(batch_size or max(len(x0_hat), 1))])
+
 def entropy_grad(x_t:Tensor,          # noisy sample at step t
                  eps:Tensor,          # the noise prediction at t (held fixed)
                  alpha_bar_t,         # cumulative alpha at t
                  classifier,          # maps classifier inputs (B, C, H, W) to logits
                  decode=None,         # maps x0_hat to classifier input; None: identity
+                 batch_size:int=None, # images per backward pass through decode and classifier (None: all); the result does not depend on it
                 )->Tensor:            # d/dx_t of sum_b H(classifier(decode(x0_hat)))_b, shape of x_t
     "Raw gradient of the summed classifier entropy of $\\hat x_{0,t}$ with respect to $x_t$, `eps` detached."
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)
         x0_hat = predict_x0(x, eps.detach(), alpha_bar_t)
-        inp = decode(x0_hat) if decode is not None else x0_hat
-        H = entropy(classifier(inp)).sum()
-        return torch.autograd.grad(H, x)[0]
+        return torch.autograd.grad(x0_hat, x, _entropy_grad_x0(x0_hat, classifier, decode, batch_size))[0]
 
 # %% ../nbs/01_guidance.ipynb #23d769a7
 GRAD_NORMS = ('rms', 'none')
@@ -100,19 +107,18 @@ def _is_guided(i, n_steps, guide_every, guide_until): return i % guide_every == 
 def _finite(x:Tensor)->Tensor: return torch.isfinite(x.flatten(1)).all(1)
 
 # %% ../nbs/01_guidance.ipynb #6d38252e
-def _guidance_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type):
-    "Noise prediction at x_t and the raw entropy gradient (eps detached, or through the denoiser)."
+def _guidance_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type, batch_size=None):
+    "Noise prediction at x_t and the raw entropy gradient (eps detached, or through the denoiser), `batch_size` images per decoder backward."
     if not through:
         u, c = denoise(x_t, t)
         eps = predict_eps(x_t, cfg_combine(u, c, cfg_scale), a_t, prediction_type)
-        return eps, entropy_grad(x_t, eps, a_t, classifier, decode)
+        return eps, entropy_grad(x_t, eps, a_t, classifier, decode, batch_size)
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)
-        u, c = denoise(x, t)
+        u, c = denoise(x, t)                   # the whole batch, its graph kept for the one backward pass through the denoiser
         eps = predict_eps(x, cfg_combine(u, c, cfg_scale), a_t, prediction_type)
         x0_hat = predict_x0(x, eps, a_t)
-        H = entropy(classifier(decode(x0_hat) if decode is not None else x0_hat)).sum()
-        return eps.detach(), torch.autograd.grad(H, x)[0]
+        return eps.detach(), torch.autograd.grad(x0_hat, x, _entropy_grad_x0(x0_hat, classifier, decode, batch_size))[0]
 
 # %% ../nbs/01_guidance.ipynb #e8acb95b
 def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, out_cond), the model's outputs
@@ -130,6 +136,7 @@ def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, 
                        guide_every:int=1,          # apply entropy guidance every k-th step
                        guide_until:float=1.0,      # ... only during the first fraction of the steps
                        grad_through_denoiser:bool=False, # exact gradient through the denoiser
+                       guidance_batch_size:int=None, # images per backward pass through decode and classifier (None: all); same images
                        grad_norm:str="rms",        # gradient normalisation, see `normalize_grad`
                        final_alpha_bar:float=1.0,  # alpha_bar after the last step
                        generator:torch.Generator=None, # RNG for the eta > 0 noise
@@ -141,6 +148,9 @@ def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, 
     if int(guide_every) != guide_every or guide_every < 1: raise ValueError(f"guide_every must be a positive integer, got {guide_every}")
     if not 0 <= guide_until <= 1: raise ValueError(f"guide_until must be in [0, 1], got {guide_until}")
     if grad_norm not in GRAD_NORMS: raise ValueError(f"grad_norm must be one of {GRAD_NORMS}, got {grad_norm!r}")
+    if guidance_batch_size is not None and (isinstance(guidance_batch_size, bool) or not isinstance(guidance_batch_size, numbers.Integral)
+                                            or guidance_batch_size < 1):
+        raise ValueError(f"guidance_batch_size must be a positive integer or None, got {guidance_batch_size!r}")
     steps = alpha_bar_pairs(alpha_bar, ddim_timesteps(n_steps, len(alpha_bar), spacing, steps_offset), final_alpha_bar)
     stats, x = GuidanceStats(), x_T
     with eval_mode(classifier), torch.no_grad():
@@ -148,7 +158,8 @@ def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, 
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if eta > 0 else None
             stats.n_steps += 1
             if omega > 0 and _is_guided(i, n_steps, guide_every, guide_until):
-                eps, g = _guidance_grad(x, t, a_t, denoise, cfg_scale, classifier, decode, grad_through_denoiser, prediction_type)
+                eps, g = _guidance_grad(x, t, a_t, denoise, cfg_scale, classifier, decode, grad_through_denoiser, prediction_type,
+                                        guidance_batch_size)
                 x = _guarded_step(x, eps, g, a_t, a_prev, omega, grad_norm, eta, noise, stats)
             else:
                 u, c = denoise(x, t)

@@ -1,11 +1,12 @@
-"Generators: seeding and batch-size invariance, label validation, the tiny Stable Diffusion pipeline end to end, weight files."
+"""Generators: seeding and batch-size invariance, label validation, the tiny Stable Diffusion pipeline end to end and against diffusers'
+own pipeline, the guidance memory levers, weight files."""
 import pytest
 import torch
 from torch import nn
 from deliberate_practice.data import digits_splits
-from deliberate_practice.generators import (DIGITS_TRAINING, StableDiffusionGenerator, check_labels, digits_unet, initial_noise,
-                                            load_digits_generator, save_digits_unet, tiny_sd_components, train_digits_generator,
-                                            DigitsGenerator)
+from deliberate_practice.generators import (DIGITS_TRAINING, SD_SUBFOLDERS, StableDiffusionGenerator, check_labels, digits_unet,
+                                            initial_noise, load_digits_generator, save_digits_unet, tiny_sd_components, tiny_taesd,
+                                            train_digits_generator, DigitsGenerator)
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -189,3 +190,91 @@ def test_first_index_gives_the_slice_of_a_larger_call():
     g, labels = load_digits_generator(), torch.arange(8) % 10
     full = g.sample(labels, n_steps=4, seed=3)
     torch.testing.assert_close(g.sample(labels[3:7], n_steps=4, seed=3, first_index=3), full[3:7], atol=1e-5, rtol=0)
+
+
+# ---- tiny Stable Diffusion against diffusers, and the guidance memory levers ---------------------------------------------
+
+@pytest.mark.parametrize('cfg_scale', [1.5, 4.0])
+def test_sd_matches_diffusers_pipeline(cfg_scale):
+    """Unguided sampling is diffusers' StableDiffusionPipeline on the same (eval-mode) components, prompts and latents: exact here.
+    Catches a swapped CFG pair, a wrong latent scaling and a missing [-1, 1] -> [0, 1] map."""
+    from diffusers import StableDiffusionPipeline
+    g = StableDiffusionGenerator(**tiny_sd_components(seed=0), class_names=['tench', 'goldfish', 'shark'])
+    pipe = StableDiffusionPipeline(**{k: getattr(g, k) for k in SD_SUBFOLDERS}, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    lab = [0, 2, 1]
+    ref = pipe([g.prompt_template.format(g.class_names[i]) for i in lab], num_inference_steps=4, guidance_scale=cfg_scale, eta=0.0,
+               latents=initial_noise(3, g.latent_shape, seed=2), output_type='pt').images
+    ours = g.sample(lab, n_steps=4, seed=2, cfg_scale=cfg_scale)
+    assert ours.shape == ref.shape == (3, 3, 16, 16)
+    assert (ours - ref).abs().max() <= 1e-6
+
+
+class ToFloat64(nn.Module):
+    def forward(self, x): return x.double()
+
+def float64_classifier(in_chans, n_classes):
+    "`tiny_classifier` in float64: its gradient does not depend on the batch size, so chunking is exact up to the decoder."
+    return nn.Sequential(ToFloat64(), *tiny_classifier(in_chans, n_classes)).double()
+
+
+@pytest.mark.parametrize('through', [False, True])
+def test_guidance_batch_size_same_images(gen, sd, through):
+    "Chunking the entropy gradient changes no image: exactly on digits; to float32 round-off of the VAE decoder's kernels on tiny SD."
+    kw = dict(omega=0.3, n_steps=4, seed=0, grad_through_denoiser=through)
+    clf = float64_classifier(1, 10)
+    full = gen.sample(torch.arange(10), classifier=clf, **kw)
+    for b in (1, 3):
+        assert torch.equal(gen.sample(torch.arange(10), classifier=clf, guidance_batch_size=b, **kw), full)
+    clf, lab = float64_classifier(3, 3), [0, 2, 1, 1, 0]
+    full = sd.sample(lab, classifier=clf, **kw)
+    assert (sd.sample(lab, classifier=clf, guidance_batch_size=2, **kw) - full).abs().max() <= 1e-6
+    assert (full - sd.sample(lab, n_steps=4, seed=0)).abs().max() > 1e-2          # the guidance did act
+
+
+def test_gradient_checkpointing_same_images_and_recomputes():
+    comps = lambda: tiny_sd_components(seed=0)
+    plain = StableDiffusionGenerator(**comps(), class_names=['a', 'b'], classifier_size=12)
+    ckpt = StableDiffusionGenerator(**comps(), class_names=['a', 'b'], classifier_size=12, gradient_checkpointing=True)
+    runs = []
+    ckpt.vae.decoder.up_blocks[0].register_forward_pre_hook(lambda *_: runs.append(1))
+    kw = dict(omega=1.0, classifier=tiny_classifier(3, 2), n_steps=3, seed=0)
+    assert torch.equal(ckpt.sample([0, 1, 1], **kw), plain.sample([0, 1, 1], **kw))
+    assert len(runs) == 2 * 3 + 1                        # each guided step: forward, then again in the backward pass; then the final decode
+    assert not plain.vae.decoder.gradient_checkpointing
+
+
+def test_guidance_decoder_guides_but_does_not_decode(sd, tmp_path):
+    taesd = tiny_taesd(seed=0)
+    g = StableDiffusionGenerator(**tiny_sd_components(seed=0), class_names=sd.class_names, classifier_size=12, guidance_decoder=taesd)
+    assert g.guidance_decoder is taesd and not taesd.training
+    assert torch.equal(g.sample([0, 1], n_steps=3), sd.sample([0, 1], n_steps=3))                 # final images: the SD VAE's
+    z = torch.randn(2, *sd.latent_shape, generator=torch.Generator().manual_seed(0))
+    view = ((taesd.decode(z).sample + 1) / 2).clamp(0, 1)                                         # SD's scaled latents, straight in
+    assert torch.allclose(g.guidance_view(z), torch.nn.functional.interpolate(view, size=(12, 12), mode='bilinear', antialias=True))
+    kw = dict(omega=1.0, classifier=tiny_classifier(3, 3), n_steps=3, seed=0)
+    guided = g.sample([0, 1], **kw)
+    assert (guided - sd.sample([0, 1], **kw)).abs().max() > 1e-3                                   # guided through another view
+    taesd.save_pretrained(tmp_path / 'taesd')
+    sd.save_pretrained(tmp_path / 'sd')
+    g2 = StableDiffusionGenerator.from_pretrained(tmp_path / 'sd', sd.class_names, classifier_size=12, guidance_decoder=str(tmp_path / 'taesd'),
+                                                  gradient_checkpointing=True)
+    assert g2.guidance_decoder.decoder.gradient_checkpointing and not g2.vae.decoder.gradient_checkpointing
+    assert torch.equal(g2.sample([0, 1], **kw), guided)
+
+
+def test_guidance_decoder_validation(tmp_path):
+    with pytest.raises(FileNotFoundError, match='hf download madebyollin/taesd') as e:
+        StableDiffusionGenerator(**tiny_sd_components(), class_names=['a'], guidance_decoder=str(tmp_path / 'no_taesd'))
+    assert 'no_taesd' in str(e.value)
+    with pytest.raises(ValueError, match='AutoencoderTiny'):
+        StableDiffusionGenerator(**tiny_sd_components(), class_names=['a'], guidance_decoder=tiny_sd_components()['vae'])
+
+
+def test_attention_untouched_unless_slicing_asked():
+    "Default: diffusers' PyTorch 2 SDPA processors and no VAE slicing; slicing only on request."
+    g = StableDiffusionGenerator(**tiny_sd_components(), class_names=['a'])
+    assert {type(p).__name__ for p in g.unet.attn_processors.values()} == {'AttnProcessor2_0'} and not g.vae.use_slicing
+    g = StableDiffusionGenerator(**tiny_sd_components(), class_names=['a'], attention_slicing='max')
+    assert {type(p).__name__ for p in g.unet.attn_processors.values()} == {'SlicedAttnProcessor'} and g.vae.use_slicing

@@ -66,6 +66,7 @@ def test_eta_uses_the_generator():
     (dict(omega=0.1, classifier=Linear(), guide_every=0), 'guide_every'),
     (dict(omega=0.1, classifier=Linear(), guide_until=1.5), 'guide_until'),
     (dict(omega=0.1, classifier=Linear(), grad_norm='l2'), 'grad_norm'),
+    *[(dict(omega=0.1, classifier=Linear(), guidance_batch_size=b), 'guidance_batch_size') for b in (0, -2, 1.5, True, '2')],
     (dict(n_steps=2000), 'n_steps'), (dict(spacing='random'), 'spacing')])
 def test_bad_input(kw, field):
     kw = {'n_steps': 5, **kw}
@@ -77,3 +78,25 @@ def test_eval_mode_restores_every_submodule():
     m[1].eval()                                    # a submodule deliberately frozen in eval mode
     with eval_mode(m): assert not any(x.training for x in m.modules())
     assert m.training and m[0].training and not m[1].training
+
+
+@pytest.mark.parametrize('through', [False, True])
+def test_guidance_batch_size_gives_the_same_samples(through):
+    "In float64 the chunked gradient is the whole-batch one to 1e-12, with eps detached or through the denoiser (float32 differs in the last bits only)."
+    proto = PROTO.double()
+    den = lambda x, t: (torch.tanh(x), torch.tanh(x + proto * (t / 1000)))
+    clf = Linear().double()
+    kw = dict(n_steps=8, cfg_scale=3.0, omega=0.5, classifier=clf, grad_through_denoiser=through)
+    full, st = guided_ddim_sample(den, x_T().double(), AB, **kw)
+    for b in (1, 3, 4, 9):                                          # 4 images: chunks of 1, 3 + 1, one chunk, more than the batch
+        out, st_b = guided_ddim_sample(den, x_T().double(), AB, guidance_batch_size=b, **kw)
+        assert (out - full).abs().max() <= 1e-12 and st_b.grad_norms == pytest.approx(st.grad_norms, rel=1e-12)
+    assert (full - guided_ddim_sample(den, x_T().double(), AB, n_steps=8, cfg_scale=3.0)[0]).abs().max() > 0.1   # the guidance did act
+
+def test_guidance_batch_size_bounds_the_backward_pass():
+    "The classifier never sees more than guidance_batch_size images while the gradient is taken."
+    seen = []
+    class Spy(Linear):
+        def forward(self, x): seen.append(len(x)); return super().forward(x)
+    guided_ddim_sample(denoise, x_T(), AB, 3, omega=0.1, classifier=Spy(), guidance_batch_size=3)
+    assert seen == [3, 1] * 3
