@@ -9,7 +9,7 @@ __all__ = ['build_parser', 'parse_args', 'resolve_config', 'dp_train']
 import argparse, dataclasses, json, sys
 from pathlib import Path
 from fastcore.docments import docments
-from .trainer import DPConfig, DPTrainer, PRESETS, TYPE_NAMES, preset, CHECKPOINT, distributed_state
+from .trainer import DPConfig, DPTrainer, PRESETS, TYPE_NAMES, preset, CHECKPOINT, distributed_state, open_run_folder
 
 # %% ../nbs/08_cli.ipynb #751288f9
 class _OneLineParser(argparse.ArgumentParser):
@@ -49,7 +49,21 @@ def parse_args(argv:list=None)->tuple:  # command-line arguments (default: sys.a
     return {k: _convert(k, v, types[k]) for k, v in vars(ns).items() if k in types}, ns
 
 # %% ../nbs/08_cli.ipynb #cb859d21
-def _fail(msg): sys.stderr.write(f"dp-train: error: {msg}\n"); sys.exit(2)
+def _one_line(e)->str:
+    "An error as one line: its message, or for an error re-raised from a DataLoader worker (several lines) its last line, which names the file."
+    lines = [l for l in str(e).strip().splitlines() if l.strip()] or [type(e).__name__]
+    return lines[-1] if len(lines) > 1 and lines[0].startswith('Caught ') else ' '.join(l.strip() for l in lines)
+
+def _fail(e): sys.stderr.write(f"dp-train: error: {_one_line(e)}\n"); sys.exit(2)
+
+def _warn_nonfinite(trainer, row):
+    "A line on stderr when a refresh dropped more than 1% of its guidance gradients as NaN/inf, or could not score some pool images."
+    if row['n_guided'] and row['n_nonfinite'] > 0.01 * row['n_guided']:
+        print(f"dp-train: warning: epoch {row['epoch']}: the refresh dropped {row['n_nonfinite']} of {row['n_guided']} guidance gradients as NaN/inf "
+              f"({100 * row['n_nonfinite'] / row['n_guided']:.1f}%): those images were generated without entropy guidance", file=sys.stderr, flush=True)
+    if row['n_nonfinite_scores']:
+        print(f"dp-train: warning: epoch {row['epoch']}: the classifier scored {row['n_nonfinite_scores']} pool images NaN/inf; they were pruned first",
+              file=sys.stderr, flush=True)
 
 def _print_row(trainer, row):
     test = '-' if row['test_acc'] is None else f"{row['test_acc']:.4f}"
@@ -64,13 +78,14 @@ def _parts(cfg:DPConfig)->dict:
 
 def resolve_config(kw:dict, ns)->DPConfig:
     "The run's configuration: the checkpoint's with `--resume` (flags must agree with it), else `--preset` (default: `--dataset`'s, else digits) with the flags."
+    if str(ns.out).strip() == '': raise ValueError(f"out must be a folder path, got {ns.out!r}")
     out = Path(ns.out)
-    if getattr(ns, 'resume', False) and (out / CHECKPOINT).exists():
+    if getattr(ns, 'resume', False):
+        if not (out / CHECKPOINT).exists(): raise ValueError(f"--resume: out {str(out)!r} holds no {CHECKPOINT} to resume from; start the run without --resume")
         saved = DPTrainer.saved_config(out)
-        for k, v in kw.items():
-            if getattr(saved, k) != v: raise ValueError(f"{k} is {getattr(saved, k)!r} in the checkpoint, got {v!r}: --resume continues the saved run")
+        diff = [f"{k} is {getattr(saved, k)!r} in the checkpoint, got {v!r}" for k, v in kw.items() if getattr(saved, k) != v]
+        if diff: raise ValueError('; '.join(diff) + ': --resume continues the saved run, with its settings')
         return saved
-    if (out / CHECKPOINT).exists(): raise ValueError(f"out already holds a run, got {str(out)!r}: pass --resume or another --out")
     return preset(getattr(ns, 'preset', kw.get('dataset', 'digits')), **kw)
 
 def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
@@ -79,9 +94,10 @@ def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
         kw, ns = parse_args(argv)
         cfg = resolve_config(kw, ns)
         if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
-        out, cbs, tb = Path(ns.out), [] if getattr(ns, 'quiet', False) else [_print_row], getattr(ns, 'tensorboard', False)
-        distributed_state(cfg)                        # under `accelerate launch`: bind this process to its device before loading models
-        if getattr(ns, 'resume', False) and (out / CHECKPOINT).exists(): trainer = DPTrainer.resume(out, callbacks=cbs, tensorboard=tb, **_parts(cfg))
+        out, resume, tb = Path(ns.out), getattr(ns, 'resume', False), getattr(ns, 'tensorboard', False)
+        cbs = ([] if getattr(ns, 'quiet', False) else [_print_row]) + [_warn_nonfinite]
+        if distributed_state(cfg).is_main_process: open_run_folder(ns.out, fresh=not resume)   # before any model is loaded: bad --out, a busy or finished folder
+        if resume: trainer = DPTrainer.resume(out, callbacks=cbs, tensorboard=tb, **_parts(cfg))
         else: trainer = DPTrainer(cfg, out=out, callbacks=cbs, tensorboard=tb, **_parts(cfg))
-    except ValueError as e: _fail(e)
-    trainer.fit()
+        trainer.fit()
+    except (ValueError, OSError, FloatingPointError) as e: _fail(e)

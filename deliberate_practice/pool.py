@@ -7,7 +7,7 @@ __all__ = ['METRICS', 'INDEX', 'FORMAT', 'SELECTIONS', 'difficulty', 'score_batc
            'read_index', 'Pool', 'sample_range']
 
 # %% ../nbs/02_pool.ipynb #fd0f0bd1
-import copy, glob, json, math, os, re
+import copy, errno, glob, json, math, os, re
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -74,6 +74,10 @@ def _fsync_dir(d):
     except OSError: pass
     finally: os.close(fd)
 
+def _disk_full(e)->bool:
+    "Whether `e` (or what it wraps: torch and safetensors rephrase OS errors) says the disk is full."
+    return getattr(e, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or 'No space left' in str(e) or 'unexpected pos' in str(e)
+
 def atomic_write(path,   # final file name
                  write,  # write(tmp_path) writes the whole file to the temporary path it is given
                 ):
@@ -84,8 +88,10 @@ def atomic_write(path,   # final file name
         write(tmp)
         with open(tmp, 'rb+') as f: os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if _disk_full(e): raise OSError(errno.ENOSPC, f"disk full while writing {path}: free some space, then resume") from e
+        raise
     _fsync_dir(path.parent)
     for stale in path.parent.glob(f'.{glob.escape(path.name)}.tmp*'): stale.unlink(missing_ok=True)   # left by a writer that was killed (one writer per file)
 
@@ -109,6 +115,21 @@ class MemoryStore:
 # %% ../nbs/02_pool.ipynb #9a99d1a3
 INDEX = 'index.json'
 FORMAT = 'deliberate_practice.pool'
+
+def _unreadable(path, e):
+    return OSError(f"pool file {path} is unreadable ({type(e).__name__}: {e}); it was truncated or corrupted: "
+                   "restore the run folder from a copy, or start the run again")
+
+def _safe_open(path):
+    "`safe_open(path)`, or an OSError that names the file."
+    try: return safe_open(str(path), framework='pt')
+    except Exception as e: raise _unreadable(path, e) from None
+
+def _load_file(path)->dict:
+    "`load_file(path)`, or an OSError that names the file."
+    try: return load_file(str(path))
+    except FileNotFoundError: raise
+    except Exception as e: raise _unreadable(path, e) from None
 _FILE_RE = re.compile(r'^(shard|meta)-(\d{8})\.safetensors$')
 
 class ShardStore:
@@ -120,7 +141,7 @@ class ShardStore:
     def __getstate__(self): return {**self.__dict__, '_files': {}}   # open files stay in their process
     def _slice(self, k):
         name = self.shards[k]
-        if name not in self._files: self._files[name] = safe_open(str(self.root/name), framework='pt')
+        if name not in self._files: self._files[name] = _safe_open(self.root/name)
         return self._files[name].get_slice('images')
     def get(self, idx):
         idx = torch.arange(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).long()
@@ -204,11 +225,16 @@ class Pool(torch.utils.data.Dataset):
                  round:int=0,                       # refresh rounds done so far
                  root=None,                         # None: keep images in memory; a directory: store them there in shards
                  shard_size:int=2048):              # images per shard (and per generation call)
-        labels = torch.as_tensor(labels, dtype=torch.long).clone()
+        labels = torch.as_tensor(labels)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        labels = labels.long().clone()
         if labels.ndim != 1 or (labels < 0).any(): raise ValueError(f"labels must be a 1-d tensor of class indices >= 0, got shape {tuple(labels.shape)}")
         n = len(labels)
         if images.ndim != 4 or len(images) != n: raise ValueError(f"images must have shape (N={n}, C, H, W) to match labels, got {tuple(images.shape)}")
         if int(shard_size) != shard_size or shard_size < 1: raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+        if images.is_floating_point() and n and not torch.isfinite(images).all():
+            raise ValueError(f"images must be finite: {int((~torch.isfinite(images.flatten(1))).any(1).sum())} of {n} hold NaN or inf")
         self.labels, self.born = labels, _as_1d(born, n, 'born', torch.long, 0)
         self.omega, self.entropy_at_birth = _as_1d(omega, n, 'omega', torch.float32, 0.), _as_1d(entropy_at_birth, n, 'entropy_at_birth', torch.float32, math.nan)
         self.n_generated, self.round, self.shard_size = n if n_generated is None else int(n_generated), int(round), int(shard_size)
@@ -355,7 +381,7 @@ def _fill(self:Pool, pos:Tensor, generator, classifier, omega, cfg_scale, n_step
 
 def _open_shards(root:Path)->tuple:
     "(ShardStore, the other tensors of the meta file, index) of the pool directory `root`."
-    index = read_index(root); meta = load_file(str(root/index['meta']))
+    index = read_index(root); meta = _load_file(root/index['meta'])
     return ShardStore(root, index['shards'], meta.pop('shard'), meta.pop('row'), index['image_shape'], index['shard_size']), meta, index
 
 @patch
@@ -408,10 +434,10 @@ def _balanced_labels(labels:Tensor, k:int)->Tensor:
     return cls[order[:k]]
 
 def _select(scores:Tensor, n:int, k:int, selection:str, seed:int)->Tensor:
-    "Sorted indices of the k images to prune: the k lowest scores (ties: lowest index first), or k at random."
+    "Sorted indices of the k images to prune: the k lowest scores (non-finite first; ties: lowest index first), or k at random."
     if k == 0: return torch.empty(0, dtype=torch.long)
     if selection == 'random': idx = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:k]
-    else: idx = torch.sort(scores, stable=True).indices[:k]
+    else: idx = torch.sort(torch.where(torch.isfinite(scores), scores, -math.inf), stable=True).indices[:k]   # an image the classifier cannot score goes first
     return idx.sort().values
 
 # %% ../nbs/02_pool.ipynb #7fa8e1a8
@@ -471,32 +497,41 @@ def _refresh(self:Pool, generator, classifier, prune_frac, selection, metric, om
     self._commit_all(dist, scratch)
     H_after = torch.cat([H, self.entropy_at_birth[new]]) if grow else H.index_put((new,), self.entropy_at_birth[new])
     mean = lambda t: t.mean().item() if len(t) else math.nan
+    n_guided = k * math.ceil(n_steps / guidance_kw.get('guide_every', 1)) if omega > 0 else 0   # per-image gradients the sampler computed
     return dict(n_pruned=len(pruned), n_new=k, mean_entropy_before=mean(H), mean_entropy_after=mean(H_after),
                 mean_entropy_pruned=mean(H[pruned]), mean_entropy_new=mean(self.entropy_at_birth[new]),
-                pruned_indices=pruned, new_indices=new, n_nonfinite=n_nonfinite, round=self.round, n_generated=self.n_generated)
+                pruned_indices=pruned, new_indices=new, n_nonfinite=n_nonfinite, n_guided=n_guided,
+                n_nonfinite_scores=int((~torch.isfinite(scores.get(metric, H))).sum()) if classifier is not None else 0,
+                round=self.round, n_generated=self.n_generated)
 
 # %% ../nbs/02_pool.ipynb #537a2878
 @patch
-def state_dict(self:Pool)->dict:
+def state_dict(self:Pool,
+               relative_to=None, # store an on-disk pool's folder relative to this folder (a run folder), so a copy of it opens its own pool
+              )->dict:
     "Everything needed to rebuild the pool: labels, provenance, counters, and the images (in memory) or the shard index (on disk)."
     sd = dict(format=FORMAT, version=1, n_generated=self.n_generated, round=self.round, shard_size=self.shard_size,
               **{k: v.clone() for k, v in self._meta().items()})
     if self.root is None: return {**sd, 'images': self.store.images.clone()}
     s = self.store
-    return {**sd, 'root': str(s.root), 'shards': list(s.shards), 'shard': s.shard.clone(), 'row': s.row.clone(), 'image_shape': list(s.image_shape)}
+    root = os.path.relpath(s.root, relative_to) if relative_to is not None else str(s.root)
+    return {**sd, 'root': root, 'shards': list(s.shards), 'shard': s.shard.clone(), 'row': s.row.clone(), 'image_shape': list(s.image_shape)}
 
 @patch
 def load_state_dict(self:Pool, sd:dict,
-                    commit:bool=True, # re-commit an on-disk pool's index (False: only read it, as the non-main processes of a multi-process run do)
+                    commit:bool=True,  # re-commit an on-disk pool's index (False: only read it, as the non-main processes of a multi-process run do)
+                    relative_to=None,  # the folder a relative `root` in `sd` is relative to (the run folder)
                    ):
     "Replace this pool's contents with those of `sd` (from `state_dict`); an on-disk pool's index is re-committed."
     if sd.get('format') != FORMAT: raise ValueError(f"state dict format must be {FORMAT!r}, got {sd.get('format')!r}")
     self.labels, self.born, self.omega, self.entropy_at_birth = (sd[k].clone() for k in ('labels', 'born', 'omega', 'entropy_at_birth'))
     self.n_generated, self.round, self.shard_size = int(sd['n_generated']), int(sd['round']), int(sd['shard_size'])
     if 'images' in sd: self.store = MemoryStore(sd['images'].clone()); return self
-    missing = [n for n in sd['shards'] if not (Path(sd['root'])/n).exists()]
-    if missing: raise FileNotFoundError(f"pool shards {missing[:3]} are missing from {sd['root']}: this checkpoint is more than one refresh older than the pool on disk")
-    self.store = ShardStore(sd['root'], sd['shards'], sd['shard'], sd['row'], sd['image_shape'], self.shard_size)
+    root = Path(relative_to) / sd['root'] if relative_to is not None else Path(sd['root'])
+    if not root.is_dir(): raise FileNotFoundError(f"pool folder {root} is missing: the run's on-disk pool was moved or deleted; restore it, or start the run again")
+    missing = [n for n in sd['shards'] if not (root/n).exists()]
+    if missing: raise FileNotFoundError(f"pool shards {missing[:3]} are missing from {root}: the checkpoint is more than one refresh older than the pool on disk")
+    self.store = ShardStore(root, sd['shards'], sd['shard'], sd['row'], sd['image_shape'], self.shard_size)
     if commit: self._commit()
     return self
 

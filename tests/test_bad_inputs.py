@@ -1,0 +1,174 @@
+"""The bad-input suite: every input a user can get wrong gives one line, `dp-train: error: ...`, naming the field or file, and exit status 2,
+with nothing run that should not run and nothing written over. Each case is (id, setup(tmp_path, parts) -> argv, what the line must say).
+The tally (`conftest.BAD_INPUTS`) is printed at the end of the pytest run."""
+import errno, json, os, pickle, shutil, socket
+from pathlib import Path
+import numpy as np
+import pytest, torch
+from deliberate_practice.cli import dp_train
+from deliberate_practice.data import IMAGENET100_WNIDS
+from conftest import BAD_INPUTS
+
+TINY = ['--pool-size', '20', '--n-steps', '2', '--epochs', '2', '--batch-size', '10', '--quiet']
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+def _run(argv)->int:
+    try: dp_train([str(a) for a in argv])
+    except SystemExit as e: return e.code
+    return 0
+
+@pytest.fixture(scope='module')
+def parts(tmp_path_factory):
+    "A finished tiny digits run, a tiny ImageNet-100 layout, a tiny SD folder, and a finished tiny ImageNet run (on-disk pool)."
+    from PIL import Image
+    from deliberate_practice.generators import StableDiffusionGenerator, tiny_sd_components
+    root = tmp_path_factory.mktemp('parts')
+    assert _run(['--out', root / 'digits', *TINY]) == 0
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for w in IMAGENET100_WNIDS:
+            (root / 'in' / split / w).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(root / 'in' / split / w / f'{w}_0.JPEG')
+    StableDiffusionGenerator(**tiny_sd_components(), class_names=['tench']).save_pretrained(root / 'sd')
+    inet = ['--preset', 'imagenet100', '--data-root', root / 'in', '--sd-path', root / 'sd', '--device', 'cpu', '--model', 'test_vit',
+            '--image-size', '16', '--pool-size', '4', '--batch-size', '2', '--epochs', '2', '--n-steps', '2', '--num-workers', '0', '--quiet']
+    assert _run(['--out', root / 'inet', *inet]) == 0
+    return dict(root=root, inet=inet)
+
+def _copy(parts, name, tmp_path):
+    shutil.copytree(parts['root'] / name, tmp_path / name); return tmp_path / name
+
+class Evil:
+    "A pickle that would run a shell command when loaded."
+    def __init__(self, marker): self.marker = marker
+    def __reduce__(self): return (os.system, (f'touch {self.marker}',))
+
+def _ckpt(tmp_path, parts, write):
+    d = _copy(parts, 'digits', tmp_path); write(d / 'checkpoint.pt'); return ['--out', d, '--resume']
+
+def _old_format(p):
+    sd = torch.load(p, weights_only=True); sd['rng']['numpy'] = np.random.get_state(); torch.save(sd, p)
+
+def _missing_class(tmp_path, parts):
+    root = tmp_path / 'in'; shutil.copytree(parts['root'] / 'in', root); shutil.rmtree(root / 'val' / IMAGENET100_WNIDS[7])
+    return ['--out', tmp_path / 'run', *parts['inet'][:2], '--data-root', root, *parts['inet'][4:]]
+
+def _corrupt_jpeg(tmp_path, parts):
+    root = tmp_path / 'in'; shutil.copytree(parts['root'] / 'in', root)
+    (root / 'val' / IMAGENET100_WNIDS[3] / f'{IMAGENET100_WNIDS[3]}_0.JPEG').write_bytes(b'\xff\xd8\xff not a jpeg')
+    return ['--out', tmp_path / 'run', *parts['inet'][:2], '--data-root', root, *parts['inet'][4:-3], '--num-workers', '2', '--quiet']
+
+def _sd_without(tmp_path, parts, part):
+    sd = tmp_path / 'sd'; shutil.copytree(parts['root'] / 'sd', sd); shutil.rmtree(sd / part)
+    return ['--out', tmp_path / 'run', *parts['inet'][:4], '--sd-path', sd, *parts['inet'][6:]]
+
+def _truncate_shard(tmp_path, parts):
+    d = _copy(parts, 'inet', tmp_path)
+    shard = sorted((d / 'pool').glob('shard-*.safetensors'))[0]; shard.write_bytes(shard.read_bytes()[:40])
+    return ['--out', d, '--resume']
+
+def _pool_deleted(tmp_path, parts):
+    d = _copy(parts, 'inet', tmp_path); shutil.rmtree(d / 'pool')
+    return ['--out', d, '--resume']
+
+def _no_checkpoint(tmp_path, parts, *extra):
+    d = _copy(parts, 'digits', tmp_path); (d / 'checkpoint.pt').unlink(); return ['--out', d, *extra]
+
+def _locked(tmp_path, parts):
+    d = tmp_path / 'run'; d.mkdir(); (d / '.lock').write_text(json.dumps(dict(pid=1, host=socket.gethostname())))   # pid 1 always runs
+    return ['--out', d, *TINY]
+
+def _disk_full(tmp_path, parts, monkeypatch):
+    def full(*a, **kw): raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', full)
+    return ['--out', tmp_path / 'run', *TINY]
+
+FLAGS = [   # (flags, message) on an empty --out
+    (['--prune-frac', '1.5'], 'prune_frac must be in [0, 1], got 1.5'),
+    (['--epochs', 'ten'], "epochs must be an integer, got 'ten'"),
+    (['--omega', 'lots'], "omega must be a finite number, got 'lots'"),
+    (['--omega', 'nan'], 'omega must be a finite number, got nan'),
+    (['--omega', '1e308'], 'omega must be <= 100'),
+    (['--pool-size', '100000000000'], 'pool_size must be <= 1e+08'),
+    (['--pool-size', '1e11'], "pool_size must be an integer, got '1e11'"),
+    (['--lr', '1e30'], 'lr must be <= 10'),
+    (['--selection', 'hardest'], 'selection must be one of'),
+    (['--scheduler', 'step'], 'scheduler must be one of'),
+    (['--gen-batch-size', '0'], 'gen_batch_size must be >= 1 or None, got 0'),
+    (['--guidance-batch-size', '-1'], 'guidance_batch_size must be >= 1 or None, got -1'),
+    (['--device', 'gpu0'], "device must be a torch device"),
+    (['--mixed-precision', 'fp16'], "mixed_precision must be 'no' or 'bf16' off CUDA"),
+    (['--mixed-precision', 'fp8'], 'mixed_precision must be one of'),
+    (['--patience', '-2'], 'patience must be >= 1, got -2'),
+    (['--warmup-frac', '0.5', '--decay-frac', '0.6'], 'decay_frac must be in [0, 1 - warmup_frac = 0.5], got 0.6'),
+    (['--dataset', 'imagenet100'], 'data_root must be set'),
+    (['--preset', 'cifar'], "argument --preset: invalid choice: 'cifar'"),
+    (['--prune_frac', '0.5'], 'unrecognized arguments: --prune_frac'),
+    (['--seed', str(2**40)], 'seed must be <= 4.29497e+09'),
+]
+
+CASES = [(f"flag {' '.join(f)}", (lambda f: lambda t, p: ['--out', t / 'run', *f])(f), m) for f, m in FLAGS] + [
+    ('no --out', lambda t, p: [], 'the following arguments are required: --out'),
+    ('--out ""', lambda t, p: ['--out', '', *TINY], "out must be a folder path, got ''"),
+    ('--out is a file', lambda t, p: ((t / 'f').write_text('x'), ['--out', t / 'f', *TINY])[1], 'is a file, not a folder'),
+    ('--out under a file', lambda t, p: ((t / 'f').write_text('x'), ['--out', t / 'f' / 'run', *TINY])[1], 'cannot be written'),
+    ('--resume, empty folder', lambda t, p: ['--out', t, '--resume'], 'holds no checkpoint.pt to resume from'),
+    ('--resume --epochs 3, finished run without checkpoint', lambda t, p: _no_checkpoint(t, p, '--resume', '--epochs', '3'), 'holds no checkpoint.pt to resume from'),
+    ('new run over a finished run without checkpoint', lambda t, p: _no_checkpoint(t, p, *TINY), 'already holds a run (history.jsonl, history.csv, final.json)'),
+    ('new run over a checkpoint', lambda t, p: ['--out', _copy(p, 'digits', t), *TINY], 'already holds a run (checkpoint.pt'),
+    ('new run over an on-disk pool', lambda t, p: ((t / 'run' / 'pool').mkdir(parents=True), ['--out', t / 'run', *TINY])[1], 'already holds a run (pool)'),
+    ('--resume with other settings', lambda t, p: ['--out', _copy(p, 'digits', t), '--resume', '--epochs', '3', '--omega', '0.5'],
+     'epochs is 2 in the checkpoint, got 3; omega is 0.2 in the checkpoint, got 0.5'),
+    ('checkpoint: zero bytes', lambda t, p: _ckpt(t, p, lambda c: c.write_bytes(b'')), 'is not a readable checkpoint'),
+    ('checkpoint: truncated', lambda t, p: _ckpt(t, p, lambda c: c.write_bytes(c.read_bytes()[:1000])), 'is not a readable checkpoint'),
+    ('checkpoint: random bytes', lambda t, p: _ckpt(t, p, lambda c: c.write_bytes(np.random.default_rng(0).bytes(5000))), 'is not a readable checkpoint'),
+    ('checkpoint: old format (numpy pickled)', lambda t, p: _ckpt(t, p, _old_format), 'convert_checkpoint'),
+    ('folder locked by a live process', _locked, 'is in use by process 1 on'),
+    ('SD folder missing', lambda t, p: ['--out', t / 'run', *p['inet'][:4], '--sd-path', t / 'nope', *p['inet'][6:]], 'is neither a local folder'),
+    ('SD folder without its VAE', lambda t, p: _sd_without(t, p, 'vae'), "lacks the diffusers subfolders ['vae']"),
+    ('ImageNet class folder missing', _missing_class, f"['{IMAGENET100_WNIDS[7]}']"),
+    ('corrupt JPEG in val', _corrupt_jpeg, f'{IMAGENET100_WNIDS[3]}_0.JPEG'),
+    ('pool shard truncated', _truncate_shard, 'is unreadable'),
+    ('pool folder deleted', _pool_deleted, 'is missing: the run'),
+]
+if not torch.cuda.is_available(): CASES.append(('--device cuda without a GPU', lambda t, p: ['--out', t / 'run', '--device', 'cuda', *TINY], 'torch sees no CUDA GPU'))
+
+@pytest.mark.parametrize('case,setup,msg', CASES, ids=[c for c, _, _ in CASES])
+def test_bad_input_one_line(case, setup, msg, parts, tmp_path, capsys):
+    argv = setup(tmp_path, parts)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*') if p.is_file()}
+    capsys.readouterr()
+    code, err = _run(argv), capsys.readouterr().err
+    good = code == 2 and err.count('\n') == 1 and err.startswith('dp-train: error: ') and msg in err
+    BAD_INPUTS.append((case, good))
+    assert good, (code, err)
+    changed = [p for p, t in before.items() if not p.exists() or p.stat().st_mtime_ns != t]
+    assert not changed, changed                                          # nothing that was there is written over or removed
+
+def test_malicious_checkpoint_runs_nothing(parts, tmp_path, capsys):
+    "A crafted checkpoint.pt is refused by `--resume` and by dp-reproduce's resume path, and its code never runs."
+    from deliberate_practice.ablation import run_row, preset
+    marker = tmp_path / 'pwned'
+    argv = _ckpt(tmp_path, parts, lambda c: torch.save({'config': Evil(marker)}, c))
+    code, err = _run(argv), capsys.readouterr().err
+    good = code == 2 and 'refused, nothing in it ran' in err and err.count('\n') == 1 and not marker.exists()
+    BAD_INPUTS.append(('checkpoint: malicious pickle', good))
+    assert good, err
+    cfg = preset('dp-p8-100', seed=1, pool_size=20, epochs=2)
+    (tmp_path / 'repro' / 'runs' / 'dp-p8-100-s1').mkdir(parents=True)
+    torch.save({'config': Evil(marker)}, tmp_path / 'repro' / 'runs' / 'dp-p8-100-s1' / 'checkpoint.pt')
+    with pytest.raises(ValueError, match='refused, nothing in it ran'): run_row(cfg, 'dp-p8-100', tmp_path / 'repro')
+    assert not marker.exists()
+
+def test_disk_full_names_the_file(parts, tmp_path, capsys, monkeypatch):
+    argv = _disk_full(tmp_path, parts, monkeypatch)
+    code, err = _run(argv), capsys.readouterr().err
+    good = code == 2 and f"disk full while writing {tmp_path / 'run' / 'checkpoint.pt'}" in err and err.count('\n') == 1
+    BAD_INPUTS.append(('disk full', good))
+    assert good, err
+    assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == []     # no half-written or temp file, and the lock released
