@@ -339,13 +339,18 @@ def from_pretrained(cls:StableDiffusionGenerator,
                    )->StableDiffusionGenerator:
     "Build a `StableDiffusionGenerator` from saved diffusers components."
     from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as hf_logging
     root = _resolve_model_dir(path_or_id, local_files_only)
     device, dtype = _device_and_dtype(device, dtype)
-    kw = dict(local_files_only=local_files_only)
-    comps = (UNet2DConditionModel.from_pretrained(root, subfolder='unet', torch_dtype=dtype, **kw),
-             AutoencoderKL.from_pretrained(root, subfolder='vae', torch_dtype=dtype, **kw),
-             CLIPTextModel.from_pretrained(root, subfolder='text_encoder', dtype=dtype, **kw),
-             CLIPTokenizer.from_pretrained(root, subfolder='tokenizer', **kw), DDIMScheduler.from_pretrained(root, subfolder='scheduler', **kw))
+    kw, bar = dict(local_files_only=local_files_only), hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()             # a local load takes seconds: no "Loading weights" bar on stderr, where a CLI's errors go
+    try:
+        comps = (UNet2DConditionModel.from_pretrained(root, subfolder='unet', torch_dtype=dtype, **kw),
+                 AutoencoderKL.from_pretrained(root, subfolder='vae', torch_dtype=dtype, **kw),
+                 CLIPTextModel.from_pretrained(root, subfolder='text_encoder', dtype=dtype, **kw),
+                 CLIPTokenizer.from_pretrained(root, subfolder='tokenizer', **kw), DDIMScheduler.from_pretrained(root, subfolder='scheduler', **kw))
+    finally:
+        if bar: hf_logging.enable_progress_bar()
     return cls(*comps, class_names, prompt_template=prompt_template, image_size=image_size, dtype=dtype, device=device,
                attention_slicing=attention_slicing, gradient_checkpointing=gradient_checkpointing, guidance_decoder=guidance_decoder, **kwargs)
 
