@@ -18,10 +18,11 @@ from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
+from .config import SCORE_METRICS
 from .guidance import entropy, eval_mode
 
 # %% ../nbs/02_pool.ipynb #a7b5680f
-METRICS = ('entropy', 'margin', 'loss')
+METRICS = SCORE_METRICS   # the difficulty scores, defined with the run's settings in `config`
 
 def difficulty(logits:Tensor,          # (B, n_classes) classifier logits
                labels:Tensor=None,     # (B,) pool labels (needed by `loss`)

@@ -108,12 +108,17 @@ FLAGS = [   # (flags, message) on an empty --out
     (['--warmup-frac', '0.5', '--decay-frac', '0.6'], 'decay_frac must be in [0, 1 - warmup_frac = 0.5], got 0.6'),
     (['--dataset', 'imagenet100'], 'data_root must be set'),
     (['--preset', 'cifar'], "argument --preset: invalid choice: 'cifar'"),
-    (['--prune_frac', '0.5'], 'unrecognized arguments: --prune_frac'),
+    (['--prune-fraction', '0.5'], 'unrecognized arguments: --prune-fraction'),
+    (['--threads', '0'], 'threads must be >= 1, got 0'),
+    (['--config', '/nonexistent/run.json'], 'config file /nonexistent/run.json cannot be read'),
     (['--seed', str(2**40)], 'seed must be <= 4.29497e+09'),
 ]
 
 CASES = [(f"flag {' '.join(f)}", (lambda f: lambda t, p: ['--out', t / 'run', *f])(f), m) for f, m in FLAGS] + [
     ('no --out', lambda t, p: [], 'the following arguments are required: --out'),
+    ('--config with an unknown field', lambda t, p: ((t / 'c.json').write_text('{"omgea": 1}'), ['--out', t / 'run', '--config', t / 'c.json'])[1],
+     'omgea is not a DPConfig field'),
+    ('--config not JSON', lambda t, p: ((t / 'c.json').write_text('omega: 1'), ['--out', t / 'run', '--config', t / 'c.json'])[1], 'is not valid JSON'),
     ('--out ""', lambda t, p: ['--out', '', *TINY], "out must be a folder path, got ''"),
     ('--out is a file', lambda t, p: ((t / 'f').write_text('x'), ['--out', t / 'f', *TINY])[1], 'is a file, not a folder'),
     ('--out under a file', lambda t, p: ((t / 'f').write_text('x'), ['--out', t / 'f' / 'run', *TINY])[1], 'cannot be written'),
