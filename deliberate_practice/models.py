@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['DIGITS_CNN_CFG', 'default_cfgs', 'DigitsCNN', 'digits_cnn', 'NormalizedClassifier', 'create_classifier',
-           'fit_classifier', 'accuracy', 'digits_reference_classifier']
+           'fit_classifier', 'accuracy', 'digits_reference_classifier', 'export_timm', 'load_exported']
 
 # %% ../nbs/06_models.ipynb #dbb993f2
-import math
+import json, math
+from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 import timm
 from timm.data import resolve_model_data_config
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._hub import save_for_hf   # timm's writer of hub-style folders (model.safetensors + config.json), in timm.models._hub since 1.0
 from fastprogress.fastprogress import progress_bar
 from .data import digits_splits
 
@@ -48,20 +50,31 @@ DIGITS_CNN_CFG = dict(num_classes=10, input_size=(1, 8, 8), pool_size=(4, 4), cr
                       mean=(0.5,), std=(0.5,), first_conv='features.0.0', classifier='head', license='apache-2.0')
 default_cfgs = generate_default_cfgs({'digits_cnn': DIGITS_CNN_CFG})   # read by `register_model` from this module
 
+def _names_weights(cfg)->bool:
+    "Does a pretrained cfg (dict, timm `PretrainedCfg` or None) point at weights?"
+    cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg if isinstance(cfg, dict) else {}
+    return any(cfg.get(k) for k in ('file', 'url', 'hf_hub_id', 'state_dict'))
+
 @register_model
 def digits_cnn(pretrained:bool=False, **kwargs)->DigitsCNN:
     "The digits classifier (see `DigitsCNN`), built through timm."
-    if pretrained: raise ValueError("pretrained=True: digits_cnn has no pretrained weights; train one with `fit_classifier` "
-                                    "(or use `digits_reference_classifier()`), or pass checkpoint_path= to timm.create_model")
+    if pretrained and not any(_names_weights(kwargs.get(k)) for k in ('pretrained_cfg', 'pretrained_cfg_overlay')):
+        raise ValueError("pretrained=True: digits_cnn has no pretrained weights; train one with `fit_classifier` (or use "
+                         "`digits_reference_classifier()`), or open an `export_timm` folder: timm.create_model('digits_cnn', "
+                         "checkpoint_path='FOLDER/model.safetensors', ...) or timm.create_model('local-dir:FOLDER', pretrained=True)")
     if kwargs.get('pretrained_cfg') is None: kwargs['pretrained_cfg'] = DIGITS_CNN_CFG   # not only via the registry lookup
-    return build_model_with_cfg(DigitsCNN, 'digits_cnn', pretrained=False, **kwargs)
+    return build_model_with_cfg(DigitsCNN, 'digits_cnn', pretrained=pretrained, **kwargs)
 
 # %% ../nbs/06_models.ipynb #98a4e1e2
 class NormalizedClassifier(nn.Module):
     "A classifier that takes images in [0, 1] and normalizes them with `mean` and `std` before `model`."
-    def __init__(self, model:nn.Module, mean, std):
+    def __init__(self, model:nn.Module,     # the network, a timm model
+                 mean,                      # per-channel mean subtracted from the [0, 1] images
+                 std,                       # per-channel std they are divided by
+                 model_args:dict=None,      # `timm.create_model` arguments that rebuild `model` (num_classes, in_chans, img_size)
+                ):
         super().__init__()
-        self.model = model
+        self.model, self.model_args = model, dict(model_args or {})
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
     @property
@@ -77,20 +90,28 @@ def _channel_stats(stats, in_chans):
     if in_chans == 1: return (sum(stats) / len(stats),)
     raise ValueError(f"in_chans={in_chans} does not match the model's {len(stats)}-channel normalization {stats}")
 
+def _create_timm(name, img_size=None, **kw):
+    "`timm.create_model(name, **kw)` with `img_size` where the architecture takes one; returns the model and the size argument used."
+    if img_size is not None:
+        try: return timm.create_model(name, img_size=img_size, **kw), dict(img_size=img_size)
+        except TypeError as e:   # raised when binding the constructor's arguments, before any weight is initialized
+            if "unexpected keyword argument 'img_size'" not in str(e): raise
+    return timm.create_model(name, **kw), {}
+
 # %% ../nbs/06_models.ipynb #a9af6227
 def create_classifier(name:str,            # a timm architecture, e.g. 'digits_cnn', 'resnet50', 'vit_base_patch16_224'
                       num_classes:int,     # number of classes of the head
                       in_chans:int=3,      # input channels (1 for digits)
-                      img_size:int=None,   # input size, for architectures that fix it (ViTs); None = the architecture's default
+                      img_size:int=None,   # input size, for architectures that take one (ViTs); None = the architecture's default
                       **kw,                # passed to `timm.create_model` (pretrained=False unless given, drop_rate, checkpoint_path, ...)
                      )->NormalizedClassifier: # takes (B, in_chans, H, W) images in [0, 1], returns (B, num_classes) logits
     "A timm classifier that takes images in [0, 1], normalized with its `pretrained_cfg` mean and std."
     if not timm.is_model(name): raise ValueError(f"name must be a timm architecture, got {name!r}; see timm.list_models('*{name[:4]}*')")
     if not (isinstance(num_classes, int) and num_classes > 0): raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if img_size is not None: kw['img_size'] = img_size
-    model = timm.create_model(name, num_classes=num_classes, in_chans=in_chans, pretrained=kw.pop('pretrained', False), **kw)
+    args = dict(num_classes=num_classes, in_chans=in_chans)
+    model, size_arg = _create_timm(name, img_size, pretrained=kw.pop('pretrained', False), **args, **kw)
     cfg = resolve_model_data_config(model)
-    return NormalizedClassifier(model, _channel_stats(cfg['mean'], in_chans), _channel_stats(cfg['std'], in_chans))
+    return NormalizedClassifier(model, _channel_stats(cfg['mean'], in_chans), _channel_stats(cfg['std'], in_chans), model_args=args | size_arg)
 
 # %% ../nbs/06_models.ipynb #a1e546a3
 def _check_xy(x, y):
@@ -151,3 +172,43 @@ def digits_reference_classifier(seed:int=0,   # seeds the initialization, shuffl
         torch.manual_seed(seed)
         model = create_classifier('digits_cnn', 10, in_chans=1)
     return fit_classifier(model, x, y, epochs=10, lr=3e-3, batch_size=64, seed=seed)
+
+# %% ../nbs/06_models.ipynb #076aad1a
+def export_timm(model:NormalizedClassifier,  # trained classifier from `create_classifier` (e.g. `DPTrainer.eval_model`: the EMA copy when EMA is on)
+                path:str|Path,               # folder to write `model.safetensors` and `config.json` into (created; the two files are replaced)
+                model_args:dict=None,        # `timm.create_model` arguments that rebuild the network; None: those `create_classifier` recorded
+                label_names:list=None,       # class names by class index, written to config.json
+               )->Path:                      # the folder
+    "Write `model`'s timm network as a timm checkpoint folder: `model.safetensors` and a timm `config.json` with its normalization."
+    if not isinstance(model, NormalizedClassifier):
+        raise ValueError(f"model must be a NormalizedClassifier (from create_classifier), got {type(model).__name__}; wrap a timm model "
+                         "as NormalizedClassifier(net, mean, std, model_args=dict(num_classes=..., in_chans=...))")
+    args, net, path = dict(model_args if model_args is not None else model.model_args), model.model, Path(path)
+    if not {'num_classes', 'in_chans'} <= set(args): raise ValueError(f"model_args must hold num_classes and in_chans, got {args}")
+    if not timm.is_model(arch := net.pretrained_cfg.get('architecture')): raise ValueError(f"model.model is not a timm architecture, got {arch!r}")
+    save_for_hf(net, path, model_config=dict(label_names=list(label_names)) if label_names else None, model_args=args, safe_serialization=True)
+    cfg = json.loads((path / 'config.json').read_text())
+    size = args.get('img_size') or net.pretrained_cfg['input_size'][1:]
+    cfg['pretrained_cfg'] = {k: v for k, v in cfg['pretrained_cfg'].items() if k not in ('tag', 'test_input_size', 'test_crop_pct', 'test_pool_size')} | dict(
+        num_classes=net.num_classes, input_size=[args['in_chans'], *((size, size) if isinstance(size, int) else size)], crop_pct=1.0,
+        mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist())
+    (path / 'config.json').write_text(json.dumps(cfg, indent=2))
+    return path
+
+# %% ../nbs/06_models.ipynb #7553cfac
+def load_exported(path:str|Path,   # a folder written by `export_timm` (a run's `model/` folder)
+                  device='cpu',    # where to put the classifier
+                 )->NormalizedClassifier:  # the classifier on [0, 1] images, in eval mode
+    "Open an `export_timm` folder with `timm.create_model(architecture, checkpoint_path=...)`, normalized as its config.json says."
+    path = Path(path)
+    for f in (path / 'config.json', path / 'model.safetensors'):
+        if not f.is_file(): raise FileNotFoundError(f"{f} not found: pass the folder export_timm wrote (model.safetensors + config.json)")
+    cfg = json.loads((path / 'config.json').read_text())
+    if not timm.is_model(arch := cfg['architecture']):
+        raise ValueError(f"architecture {arch!r} of {path / 'config.json'} is not registered with timm: import the module that registers it "
+                         "(`import deliberate_practice.models` for digits_cnn), or upgrade timm")
+    pc = cfg['pretrained_cfg']
+    args = cfg.get('model_args') or dict(num_classes=cfg['num_classes'], in_chans=pc['input_size'][0])
+    data_cfg = {k: tuple(pc[k]) if isinstance(pc[k], list) else pc[k] for k in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation') if k in pc}
+    net = timm.create_model(arch, checkpoint_path=str(path / 'model.safetensors'), pretrained_cfg_overlay=data_cfg, **args)
+    return NormalizedClassifier(net, pc['mean'], pc['std'], model_args=args).to(device).eval()
