@@ -122,7 +122,7 @@ def _validate(c:DPConfig):
 
 # %% ../nbs/00a_config.ipynb #0175b11e
 _IMAGENET = dict(patience=8, prune_frac=1.0, selection='entropy', scheduler='wsd', omega=0.05, cfg_scale=3.0, cfg_scale_init=2.0,
-                 n_steps=50, guide_every=5, gen_batch_size=32, guidance_batch_size=4, model='vit_base_patch16_224', image_size=224,
+                 n_steps=50, guide_every=5, gen_batch_size=64, guidance_batch_size=8, model='vit_base_patch16_224', image_size=224,
                  epochs=100, weight_decay=0.05, label_smoothing=0.11, mixup=0.5, cutmix=1.0, device='cuda', mixed_precision='bf16',
                  num_workers=8, test_every=0)
 PRESETS = {'digits': {},                                                    # the DPConfig defaults

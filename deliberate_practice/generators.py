@@ -72,7 +72,7 @@ class DiffusionGenerator:
                n_steps:int=20,                # DDIM steps
                seed:int=0,                    # image i starts from noise seeded seed * 1_000_003 + i
                batch_size:int=None,           # images per forward pass (None: all at once)
-               progress:bool=False,           # show a fastprogress bar
+               progress=False,                # True: a fastprogress bar; a function: called with the number of images after each batch
                return_stats:bool=False,       # also return the merged `GuidanceStats`
                first_index:int=0,             # index of labels[0] in a larger call: these images are that call's images first_index, ...
                **guidance_kw,                 # passed to `guided_ddim_sample` (guide_every, guidance_batch_size, eta, grad_through_denoiser, ...)
@@ -84,13 +84,14 @@ class DiffusionGenerator:
         x_T = initial_noise(len(labels), self.latent_shape, seed, first_index)
         kw = {**self.sampler_kw, 'generator': torch.Generator().manual_seed(seed), **guidance_kw}
         starts = range(0, len(labels), int(batch_size))
-        imgs, parts = [torch.empty(0, *self.image_shape)], []
-        for s in (progress_bar(starts, leave=False) if progress and len(starts) > 1 else starts):
+        imgs, parts, bars = [torch.empty(0, *self.image_shape)], [], progress is True
+        for s in (progress_bar(starts, leave=False) if bars and len(starts) > 1 else starts):
             lab = labels[s:s + batch_size].to(self.device)
             x0, st = guided_ddim_sample(self.denoiser(lab), x_T[s:s + batch_size].to(self.device), self.alpha_bar, n_steps,
-                                        cfg_scale, omega, classifier, self.guidance_view, progress=progress and len(starts) == 1, **kw)
+                                        cfg_scale, omega, classifier, self.guidance_view, progress=bars and len(starts) == 1, **kw)
             with torch.no_grad(): imgs.append(self.decode(x0).float().cpu())
             parts.append((st, len(lab)))
+            if callable(progress): progress(len(lab))
         images = torch.cat(imgs)
         return (images, _merge_stats(parts) if parts else GuidanceStats()) if return_stats else images
 

@@ -51,7 +51,7 @@ def score_batches(classifier,                 # maps float images in [0, 1] to l
                   labels:Tensor,              # (N,) labels, for the `loss` metric
                   metrics=('entropy',),       # any of `METRICS`
                   batch_size:int=256,         # images per forward pass
-                  progress:bool=False,        # show a fastprogress bar
+                  progress=False,             # True: a fastprogress bar; a function: called with the number of images after each batch
                  )->dict:                     # {metric: (N,) float32 CPU tensor}
     "Score N images with `classifier` in batches: eval mode, no gradients, on the classifier's device."
     for m in metrics:
@@ -60,11 +60,12 @@ def score_batches(classifier,                 # maps float images in [0, 1] to l
     device, dtype = _device_dtype(classifier)
     out, starts = {m: [] for m in metrics}, range(0, len(labels), batch_size)
     with eval_mode(classifier), torch.no_grad():
-        for s in progress_bar(starts, leave=False) if progress else starts:
+        for s in progress_bar(starts, leave=False) if progress is True else starts:
             e = min(s + batch_size, len(labels))
             x = _as_float(fetch(s, e).to(device, non_blocking=True)).to(dtype)
             logits, y = classifier(x), labels[s:e].to(device)
             for m in metrics: out[m].append(difficulty(logits, y, m))
+            if callable(progress): progress(e - s)
     return {m: torch.cat(v).cpu() if v else torch.empty(0) for m, v in out.items()}
 
 # %% ../nbs/02_pool.ipynb #e1f56f2c
@@ -287,6 +288,10 @@ def __repr__(self:Pool):
 
 # %% ../nbs/02_pool.ipynb #cd5a3aee
 def _rank_world(dist)->tuple: return (0, 1) if dist is None else (dist.process_index, dist.num_processes)
+
+def _reporter(progress, total:int, desc:str):
+    "What a loop gets for `progress`: a bool as it is (fastprogress bars or none); from a reporter factory `progress(total, desc)`, its update function."
+    return progress(total, desc) if callable(progress) else progress
 def _part(n:int, rank:int, world:int)->tuple: return n * rank // world, n * (rank + 1) // world
 
 def _gather_cat(dist, *ts):
@@ -299,7 +304,8 @@ def _gather_cat(dist, *ts):
 @patch
 def _scores(self:Pool, classifier, metrics, batch_size=256, progress=False, dist=None)->dict:
     a, b = _part(len(self), *_rank_world(dist))                  # this process's contiguous slice (all of it with one process)
-    out = score_batches(classifier, lambda s, e: self.store.get(slice(a + s, a + e)), self.labels[a:b], metrics, batch_size, progress)
+    out = score_batches(classifier, lambda s, e: self.store.get(slice(a + s, a + e)), self.labels[a:b], metrics, batch_size,
+                        _reporter(progress, b - a, f'refresh {self.round + 1}: scoring the pool'))
     return dict(zip(metrics, _gather_cat(dist, *(out[m] for m in metrics))))
 
 @patch
@@ -359,14 +365,18 @@ def _fill(self:Pool, pos:Tensor, generator, classifier, omega, cfg_scale, n_step
           score_batch_size=256, dist=None, scratch=None, **guidance_kw)->int:
     "Generate and store images for the labels at positions `pos`, recording their provenance; returns the generator's n_nonfinite."
     (rank, world), n_nonfinite, chunks = _rank_world(dist), 0, pos.split(self.shard_size)
-    for i, p in enumerate(progress_bar(chunks, leave=False) if progress and len(chunks) > 1 else chunks):
+    mine = sum(b - a for a, b in (_part(len(p), rank, world) for p in chunks))            # images this process generates
+    progress = _reporter(progress, mine, 'initial pool: generating' if self.round == 0 else f'refresh {self.round}: generating')
+    for i, p in enumerate(progress_bar(chunks, leave=False) if progress is True and len(chunks) > 1 else chunks):
         y, s = self.labels[p], _chunk_seed(seed, i)
         a, b = _part(len(p), rank, world)
         path = None if scratch is None else Path(scratch)/_scratch_name(self.round, i, a, b)
         done = _load_part(path, y[a:b], s)
+        if done is not None and callable(progress): progress(b - a)                     # a slice finished before an interruption
         if done is None:
             x, stats = sample_range(generator, y, a, b, cfg_scale=cfg_scale, omega=omega, classifier=classifier, n_steps=n_steps, seed=s,
-                                    batch_size=batch_size, progress=progress and len(chunks) == 1, return_stats=True, **guidance_kw)
+                                    batch_size=batch_size, progress=progress if callable(progress) else progress and len(chunks) == 1,
+                                    return_stats=True, **guidance_kw)
             if tuple(x.shape) != (b - a, *self.image_shape):
                 raise ValueError(f"generator.sample returned images of shape {tuple(x.shape)}, expected {(b - a, *self.image_shape)}")
             ent = (score_batches(classifier, lambda s_, e_: x[s_:e_], y[a:b], ('entropy',), score_batch_size)['entropy']
@@ -407,7 +417,7 @@ def generate(cls:Pool,
              seed:int=0,                # seed of the first chunk (others derived from it)
              batch_size:int=None,       # generator batch size (None: the generator's default)
              root=None,                 # None: in memory; a directory: on disk, written shard by shard
-             progress:bool=False,       # show fastprogress bars
+             progress=False,            # True: fastprogress bars; a reporter factory `progress(total, desc) -> update(n)`: e.g. log lines
              shard_size:int=2048,       # images per shard and per generator call
              dist=None,                 # `accelerate.PartialState` of a multi-process run: each process generates a slice (None: one process)
              scratch=None,              # folder for finished slices, so an interrupted generation resumes (None: none kept)
@@ -454,7 +464,7 @@ def refresh(self:Pool,
             seed:int=0,                 # seeds generation (and the random selection)
             grow:bool=False,            # add the new images instead of replacing the pruned ones
             batch_size:int=None,        # generator batch size
-            progress:bool=False,        # show fastprogress bars
+            progress=False,             # True: fastprogress bars; a reporter factory `progress(total, desc) -> update(n)`: e.g. log lines
             score_batch_size:int=256,   # classifier batch size for scoring
             metric:str="entropy",       # the score `selection="entropy"` prunes the lowest of: one of `METRICS`
             dist=None,                  # `accelerate.PartialState` of a multi-process run: scoring and generation are sharded (None: one process)

@@ -124,7 +124,7 @@ CASES = [(f"flag {' '.join(f)}", (lambda f: lambda t, p: ['--out', t / 'run', *f
     ('--out under a file', lambda t, p: ((t / 'f').write_text('x'), ['--out', t / 'f' / 'run', *TINY])[1], 'cannot be written'),
     ('--resume, empty folder', lambda t, p: ['--out', t, '--resume'], 'holds no checkpoint.pt to resume from'),
     ('--resume --epochs 3, finished run without checkpoint', lambda t, p: _no_checkpoint(t, p, '--resume', '--epochs', '3'), 'holds no checkpoint.pt to resume from'),
-    ('new run over a finished run without checkpoint', lambda t, p: _no_checkpoint(t, p, *TINY), 'already holds a run (history.jsonl, history.csv, final.json)'),
+    ('new run over a finished run without checkpoint', lambda t, p: _no_checkpoint(t, p, *TINY), 'already holds a run (history.jsonl, history.csv, final.json, model)'),
     ('new run over a checkpoint', lambda t, p: ['--out', _copy(p, 'digits', t), *TINY], 'already holds a run (checkpoint.pt'),
     ('new run over an on-disk pool', lambda t, p: ((t / 'run' / 'pool').mkdir(parents=True), ['--out', t / 'run', *TINY])[1], 'already holds a run (pool)'),
     ('--resume with other settings', lambda t, p: ['--out', _copy(p, 'digits', t), '--resume', '--epochs', '3', '--omega', '0.5'],
@@ -140,6 +140,7 @@ CASES = [(f"flag {' '.join(f)}", (lambda f: lambda t, p: ['--out', t / 'run', *f
     ('corrupt JPEG in val', _corrupt_jpeg, f'{IMAGENET100_WNIDS[3]}_0.JPEG'),
     ('pool shard truncated', _truncate_shard, 'is unreadable'),
     ('pool folder deleted', _pool_deleted, 'is missing: the run'),
+    ('not enough disk for the pool', lambda t, p: ['--out', t / 'run', *p['inet'][:-1], '--pool-size', '100000000'], 'GiB of disk (pool shards and checkpoints)'),
 ]
 if not torch.cuda.is_available(): CASES.append(('--device cuda without a GPU', lambda t, p: ['--out', t / 'run', '--device', 'cuda', *TINY], 'torch sees no CUDA GPU'))
 

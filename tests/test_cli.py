@@ -1,5 +1,5 @@
 "dp-train as users run it: kill -9 then --resume == an uninterrupted run, --resume checks, the ImageNet preset end to end (bad inputs: test_bad_inputs.py)."
-import json, os, signal, subprocess, sys, time
+import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 from deliberate_practice.cli import dp_train
@@ -44,14 +44,14 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     assert r.returncode == 0, r.stderr
     assert _strip(_lines(killed)) == _strip(_lines(ref))
     assert json.loads((killed / 'final.json').read_text()) == json.loads((ref / 'final.json').read_text())
-    assert sorted(f.name for f in killed.iterdir()) == ['checkpoint.pt', 'final.json', 'history.csv', 'history.jsonl']   # no temp or half-written file
+    assert sorted(f.name for f in killed.iterdir()) == ['checkpoint.pt', 'curves.png', 'final.json', 'history.csv', 'history.jsonl', 'model']   # no temp or half-written file
 
 def test_resume_refuses_changed_config(tmp_path, capsys):
     dp_train(['--out', str(tmp_path), '--pool-size', '20', '--n-steps', '2', '--epochs', '1', '--quiet'])
     assert _run(['--out', str(tmp_path), '--resume', '--epochs', '2']) == 2
     assert 'epochs is 1 in the checkpoint, got 2' in capsys.readouterr().err
     assert _run(['--out', str(tmp_path), '--epochs', '1']) == 2       # a fresh run into a used folder
-    assert 'already holds a run (checkpoint.pt, history.jsonl, history.csv, final.json): pass --resume' in capsys.readouterr().err
+    assert 'already holds a run (checkpoint.pt, history.jsonl, history.csv, final.json, model): pass --resume' in capsys.readouterr().err
 
 def _imagenet_layout(root, wnids, n=1, size=(20, 30)):
     "A tiny ImageNet root: train/ and val/ with n random images in each wnid folder."
@@ -84,3 +84,60 @@ def test_imagenet100_preset_end_to_end(tmp_path):
     assert sum(fin['pool_class_counts']) == 8 and fin['pool_class_counts'][:8] == [1] * 8
     assert (out / 'pool' / 'index.json').exists()                                 # ImageNet pools live on disk, in shards
     assert 'epoch   3/3' in r.stdout and 'test -' in r.stdout
+
+def test_progress_lines_before_the_first_epoch(tmp_path):
+    "Without a terminal (a cluster log), dp-train prints plain progress lines while it generates the initial pool, then its epoch lines; --quiet prints nothing."
+    flags = ['--pool-size', '200', '--n-steps', '2', '--epochs', '1', '--gen-batch-size', '10']
+    r = subprocess.run(['dp-train', '--out', str(tmp_path / 'run'), *flags], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    first = next(i for i, l in enumerate(lines) if l.startswith('epoch '))
+    prog = [l for l in lines[:first] if l.startswith('initial pool: generating')]
+    assert prog[0] == 'initial pool: generating: 200 images' and prog[-1].startswith('initial pool: generating: 200/200 (100%)')
+    assert len(prog) >= 6 and all('images/s' in l for l in prog[1:])          # at least every 5%: 20 batches of 5% each
+    assert lines[0].startswith('dp-train: starting digits run') and (tmp_path / 'run' / 'curves.png').exists()
+    q = subprocess.run(['dp-train', '--out', str(tmp_path / 'quiet'), *flags, '--quiet'], env=ENV, capture_output=True, text=True, timeout=300)
+    assert q.returncode == 0 and q.stdout == '', q.stdout
+
+@pytest.fixture(scope='module')
+def imagenet_root(tmp_path_factory):
+    "A tiny complete ImageNet-100 layout and a saved tiny Stable Diffusion folder."
+    from deliberate_practice.data import IMAGENET100_WNIDS
+    from deliberate_practice.generators import StableDiffusionGenerator, tiny_sd_components
+    root = tmp_path_factory.mktemp('dry')
+    _imagenet_layout(root / 'in', IMAGENET100_WNIDS)
+    StableDiffusionGenerator(**tiny_sd_components(), class_names=['tench']).save_pretrained(root / 'sd')
+    return root
+
+def _dry(argv):
+    r = subprocess.run(['dp-train', *map(str, argv), '--dry-run'], env=ENV, capture_output=True, text=True, timeout=300)
+    return r.returncode, r.stdout, r.stderr
+
+SMALL = ['--pool-size', '20', '--patience', '2', '--epochs', '10', '--prune-frac', '0.5', '--batch-size', '10', '--mixup', '0', '--cutmix', '0']
+
+def test_dry_run_plan(imagenet_root, tmp_path):
+    "On a complete folder and tiny SD components, the plan's counts are the ones worked out by hand in 08_cli (3 refreshes of 10: 50 images, 20 steps); nothing is written."
+    code, out, err = _dry(['--preset', 'imagenet100', '--data-root', imagenet_root / 'in', '--sd-path', imagenet_root / 'sd', '--device', 'cpu',
+                           '--out', tmp_path / 'run', *SMALL])
+    assert code == 0, err
+    plan = json.loads(out.strip().splitlines()[-1])
+    assert (plan['max_images'], plan['max_guided_images'], plan['max_refreshes'], plan['optimizer_steps']) == (50, 30, 3, 20)
+    assert plan['data']['images'] == {'val': 100, 'train': 100} and plan['memory']['generation_gib'] > 0
+    assert not (tmp_path / 'run').exists()
+
+def test_dry_run_names_a_missing_class(imagenet_root, tmp_path):
+    from deliberate_practice.data import IMAGENET100_WNIDS
+    shutil.copytree(imagenet_root / 'in', tmp_path / 'in'); shutil.rmtree(tmp_path / 'in' / 'val' / IMAGENET100_WNIDS[42])
+    code, out, err = _dry(['--preset', 'imagenet100', '--data-root', tmp_path / 'in', '--sd-path', imagenet_root / 'sd', '--device', 'cpu', '--out', tmp_path / 'run'])
+    assert code == 1 and not out.strip().splitlines()[-1].startswith('{')                   # a summary, but no plan JSON
+    assert err.strip().splitlines() == [f"dp-train: dry run: 1 of 100 class folders are missing under {tmp_path / 'in' / 'val'}: {IMAGENET100_WNIDS[42]}; "
+                                        "copy them there, or fix --data-root"]
+
+def test_dry_run_memory_over_the_limit(imagenet_root, tmp_path):
+    "The memory estimate over --memory-limit fails and says which setting to lower."
+    base = ['--preset', 'imagenet100', '--data-root', imagenet_root / 'in', '--sd-path', imagenet_root / 'sd', '--device', 'cpu', '--out', tmp_path / 'run',
+            '--model', 'vit_base_patch16_224', '--image-size', '224']
+    code, out, err = _dry([*base, '--memory-limit', '0.5'])
+    assert code == 1 and 'lower batch_size (now 512, 512 per process' in err, err
+    code, out, err = _dry([*base, '--batch-size', '2', '--guidance-batch-size', '1', '--memory-limit', '3'])
+    assert code == 0, err
