@@ -7,7 +7,7 @@ import numpy as np
 import pytest, torch
 from deliberate_practice.cli import dp_train
 from deliberate_practice.data import IMAGENET100_WNIDS
-from conftest import BAD_INPUTS
+from conftest import BAD_INPUTS, imagenet_layout
 
 TINY = ['--pool-size', '20', '--n-steps', '2', '--epochs', '2', '--batch-size', '10', '--quiet']
 
@@ -25,15 +25,10 @@ def _run(argv)->int:
 @pytest.fixture(scope='module')
 def parts(tmp_path_factory):
     "A finished tiny digits run, a tiny ImageNet-100 layout, a tiny SD folder, and a finished tiny ImageNet run (on-disk pool)."
-    from PIL import Image
     from deliberate_practice.generators import StableDiffusionGenerator, tiny_sd_components
     root = tmp_path_factory.mktemp('parts')
     assert _run(['--out', root / 'digits', *TINY]) == 0
-    rng = np.random.default_rng(0)
-    for split in ('train', 'val'):
-        for w in IMAGENET100_WNIDS:
-            (root / 'in' / split / w).mkdir(parents=True)
-            Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(root / 'in' / split / w / f'{w}_0.JPEG')
+    imagenet_layout(root / 'in', IMAGENET100_WNIDS)
     StableDiffusionGenerator(**tiny_sd_components(), class_names=['tench']).save_pretrained(root / 'sd')
     inet = ['--preset', 'imagenet100', '--data-root', root / 'in', '--sd-path', root / 'sd', '--device', 'cpu', '--model', 'test_vit',
             '--image-size', '16', '--pool-size', '4', '--batch-size', '2', '--epochs', '2', '--n-steps', '2', '--num-workers', '0', '--quiet']

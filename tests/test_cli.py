@@ -3,6 +3,7 @@ import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 from deliberate_practice.cli import dp_train
+from conftest import imagenet_layout
 
 @pytest.fixture(scope='module', autouse=True)
 def one_thread():
@@ -53,21 +54,11 @@ def test_resume_refuses_changed_config(tmp_path, capsys):
     assert _run(['--out', str(tmp_path), '--epochs', '1']) == 2       # a fresh run into a used folder
     assert 'already holds a run (checkpoint.pt, history.jsonl, history.csv, final.json, model): pass --resume' in capsys.readouterr().err
 
-def _imagenet_layout(root, wnids, n=1, size=(20, 30)):
-    "A tiny ImageNet root: train/ and val/ with n random images in each wnid folder."
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split in ('train', 'val'):
-        for w in wnids:
-            (root / split / w).mkdir(parents=True)
-            for i in range(n): Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / split / w / f'{w}_{i}.JPEG')
-
 def test_imagenet100_preset_end_to_end(tmp_path):
     "dp-train --preset imagenet100 (the paper's recipe: ViT, bf16, Mixup/CutMix, EMA, test only at the end) on a tiny ImageNet-100 layout and tiny SD."
     from deliberate_practice.data import IMAGENET100_WNIDS
     from deliberate_practice.generators import StableDiffusionGenerator, tiny_sd_components
-    _imagenet_layout(tmp_path / 'in', IMAGENET100_WNIDS)
+    imagenet_layout(tmp_path / 'in', IMAGENET100_WNIDS)
     StableDiffusionGenerator(**tiny_sd_components(), class_names=['tench']).save_pretrained(tmp_path / 'sd')
     out = tmp_path / 'run'
     r = subprocess.run(['dp-train', '--preset', 'imagenet100', '--data-root', str(tmp_path / 'in'), '--sd-path', str(tmp_path / 'sd'), '--out', str(out),
@@ -105,7 +96,7 @@ def imagenet_root(tmp_path_factory):
     from deliberate_practice.data import IMAGENET100_WNIDS
     from deliberate_practice.generators import StableDiffusionGenerator, tiny_sd_components
     root = tmp_path_factory.mktemp('dry')
-    _imagenet_layout(root / 'in', IMAGENET100_WNIDS)
+    imagenet_layout(root / 'in', IMAGENET100_WNIDS)
     StableDiffusionGenerator(**tiny_sd_components(), class_names=['tench']).save_pretrained(root / 'sd')
     return root
 
