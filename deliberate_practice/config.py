@@ -126,6 +126,7 @@ _IMAGENET = dict(patience=8, prune_frac=1.0, selection='entropy', scheduler='wsd
                  epochs=100, weight_decay=0.05, label_smoothing=0.11, mixup=0.5, cutmix=1.0, device='cuda', mixed_precision='bf16',
                  num_workers=8, test_every=0)
 PRESETS = {'digits': {},                                                    # the DPConfig defaults
+           'digits-k10': dict(digits_generator='digits_unet_k10'),          # digits, with a generator trained on 10 real digits per class (04_ablation: the low-data scale; tuning seeds kept every other setting)
            'imagenet100': dict(_IMAGENET, dataset='imagenet100', pool_size=65_000, lr=3e-3, batch_size=512, ema_decay=0.998),
            'imagenet1k': dict(_IMAGENET, dataset='imagenet1k', pool_size=650_000, lr=1.6e-3, batch_size=1024, ema_decay=0.9995)}
 

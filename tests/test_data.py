@@ -95,3 +95,22 @@ def test_loader_batches_and_pickles(tree):
     torch.testing.assert_close(x, torch.full_like(x, 128 / 255))
     assert sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
     assert [ds.classes[l] for _, l in ds.samples] == [p.split('/')[-2] for p, _ in ds.samples]
+
+@pytest.mark.parametrize('seed', [0, 1, 5])
+def test_digits_per_class_is_balanced_nested_and_from_the_split(seed):
+    "k images of each class, all from the split with their labels, the smaller k among the larger for one seed."
+    from deliberate_practice.data import digits_per_class
+    gen = digits_splits()['gen']
+    rows = {bytes(r.numpy()): int(l) for r, l in zip((gen[0] * 16).round().to(torch.uint8).flatten(1), gen[1])}
+    prev = set()
+    for k in (1, 3, 10, 30, 87):
+        x, y = digits_per_class(gen, k, seed=seed)
+        assert torch.bincount(y, minlength=10).tolist() == [k] * 10
+        keys = [bytes(r.numpy()) for r in (x * 16).round().to(torch.uint8).flatten(1)]
+        assert all(rows[b] == int(l) for b, l in zip(keys, y)) and len(set(keys)) == 10 * k
+        assert prev < set(keys); prev = set(keys)
+
+@pytest.mark.parametrize('k', [0, -1, 88, 2.5, '10'])
+def test_digits_per_class_bad_k(k):
+    from deliberate_practice.data import digits_per_class
+    with pytest.raises(ValueError, match='k must be'): digits_per_class(digits_splits()['gen'], k)
