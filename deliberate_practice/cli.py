@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['CHOICES', 'SD_CONFIGS', 'GIB', 'MIB', 'GUIDANCE_VIEW_MIB', 'UNET_MIB_PER_LATENT_PX', 'TRAIN_MIB_PER_IMAGE',
-           'flag_names', 'presets_help', 'build_parser', 'parse_args', 'LineReporter', 'console_reporter',
-           'CurvesWriter', 'resolve_config', 'dp_train', 'refresh_schedule', 'plan_counts', 'check_imagenet',
-           'check_sd_folder', 'activation_bytes', 'estimate_memory', 'timed_steps', 'disk_needed_gib',
-           'classifier_params', 'check_disk', 'dry_run']
+           'REPRODUCE_ARGS', 'flag_names', 'presets_help', 'build_parser', 'parse_args', 'LineReporter',
+           'console_reporter', 'CurvesWriter', 'resolve_config', 'dp_train', 'refresh_schedule', 'plan_counts',
+           'check_imagenet', 'check_sd_folder', 'activation_bytes', 'estimate_memory', 'timed_steps', 'disk_needed_gib',
+           'classifier_params', 'check_disk', 'dry_run', 'build_reproduce_parser', 'dp_reproduce']
 
 # %% ../nbs/08_cli.ipynb #4e449efc
 import argparse, dataclasses, json, math, os, sys, textwrap, time
@@ -111,7 +111,7 @@ def _one_line(e)->str:
     lines = [l for l in str(e).strip().splitlines() if l.strip()] or [type(e).__name__]
     return lines[-1] if len(lines) > 1 and lines[0].startswith('Caught ') else ' '.join(l.strip() for l in lines)
 
-def _fail(e): sys.stderr.write(f"dp-train: error: {_one_line(e)}\n"); sys.exit(2)
+def _fail(e, prog='dp-train'): sys.stderr.write(f"{prog}: error: {_one_line(e)}\n"); sys.exit(2)
 
 def _warn_nonfinite(trainer, row):
     "A line on stderr when a refresh dropped more than 1% of its guidance gradients as NaN/inf, or could not score some pool images."
@@ -391,3 +391,50 @@ def _report_dry_run(plan:dict, problems:list):
                                 f"an epoch's training {_duration(plan['seconds']['epoch_train_s'])} on this machine")
     if not problems: print(json.dumps(plan))
     sys.exit(1 if problems else 0)
+
+# %% ../nbs/08_cli.ipynb #5bfe3a37
+def build_reproduce_parser()->argparse.ArgumentParser:
+    "The `dp-reproduce` parser: the Table 1 reproduction's flags, each in both spellings, and the flags it shares with `dp-train`."
+    p = _OneLineParser(prog='dp-reproduce', description="Reproduce Table 1 and Fig. 2 (left) of the paper, every row for every seed, resumable, with paired confidence intervals.",
+                       epilog=presets_help().replace('presets', 'scales (--scale / --preset)', 1), formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = lambda name, **kw: p.add_argument(*flag_names(name), dest=name, **kw)
+    a('scale', default='digits', help='digits, digits-k10 (a generator trained on 10 real images per class), imagenet100 or imagenet1k (default: digits)')
+    p.add_argument('--preset', dest='scale', help='another name for --scale, as in dp-train')
+    a('seeds', nargs='+', help='seeds, one run per row and seed (default: 1-9; with --quick: the first)')
+    a('rows', nargs='+', help='rows of Table 1 (default: all eight, and real-wsd where the generator records its real images)')
+    a('out', default='dp_reproduce', help='folder: results.json, results.md, scaling.png, runs/ROW-sSEED/ (default: dp_reproduce)')
+    a('quick', action='store_true', help="one seed, fewer epochs (the scale's QUICK settings)")
+    a('plot', action='store_true', help='only redraw results.md and scaling.png from OUT/results.json')
+    a('coverage', action='store_true', help='the generator-coverage sweep (digits): generators trained on k = 3, 10, 30, 90 real images per class')
+    a('data_root', help='ImageNet root with train/ and val/ (imagenet scales)')
+    a('sd_path', help='Stable Diffusion weights folder (imagenet scales)')
+    a('model', help="timm classifier instead of the scale's")
+    a('device', help='torch device, e.g. cuda')
+    a('config', metavar='FILE', help="JSON or YAML file of DPConfig fields for every row (a run's final.json works)")
+    a('overrides', nargs='+', metavar='FIELD=VALUE', help='more DPConfig fields for every row (over --config)')
+    a('workers', type=int, metavar='N', help='processes running the runs (default: one per core at digits scale, else 1)')
+    a('threads', type=int, metavar='N', help="torch CPU threads per process (default: 1 at digits scale, torch's elsewhere)")
+    a('quiet', action='store_true', help='no progress output')
+    a('print_config', action='store_true', help='print the resolved configuration of every (row, seed) as a JSON list and exit (loads no model or data)')
+    a('dry_run', nargs='?', const='check', choices=('check', 'timed'), help="check the first row's data, weights and devices and print the whole reproduction's plan, then exit")
+    return p
+
+# %% ../nbs/08_cli.ipynb #105c1ad5
+REPRODUCE_ARGS = ('scale', 'seeds', 'rows', 'out', 'quick', 'plot', 'coverage', 'data_root', 'sd_path', 'model', 'device', 'workers', 'threads', 'quiet', 'print_config')
+
+def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1:])
+    "Console script: `ablation.reproduce_command` from the command line; `--config` fields go under `--overrides`; one-line errors, exit status 2."
+    ns = build_reproduce_parser().parse_args(argv)
+    try:
+        over = [f'{k}={json.dumps(v)}' for k, v in (config_from_file(ns.config) if ns.config else {}).items()] + (ns.overrides or [])
+        kw = dict({k: getattr(ns, k) for k in REPRODUCE_ARGS}, overrides=over or None)
+        from deliberate_practice.ablation import reproduce_command
+        if not ns.dry_run: return reproduce_command(**kw)
+        cfgs = reproduce_command(**kw, return_configs=True)
+        plan, problems = dry_run(DPConfig(**{k: v for k, v in cfgs[0].items() if k != 'row'}), Path(ns.out) / 'runs' / 'dry-run', timed=ns.dry_run == 'timed')
+        totals = [plan_counts(DPConfig(**{k: v for k, v in c.items() if k != 'row'})) for c in cfgs]
+        plan.update(runs=len(cfgs), **{f'all_{k}': sum(t[k] for t in totals) for k in ('max_images', 'max_guided_images', 'optimizer_steps')})
+        print(f"dp-reproduce: dry run: {len(cfgs)} runs, at most {plan['all_max_images']:,} images generated ({plan['all_max_guided_images']:,} guided), "
+              f"{plan['all_optimizer_steps']:,} optimizer steps in all; the first run's checks and plan:")
+        _report_dry_run(plan, problems)
+    except (ValueError, OSError, FloatingPointError) as e: _fail(e, 'dp-reproduce')

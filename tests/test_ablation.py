@@ -1,11 +1,13 @@
-"The ablation runner and `dp-reproduce` beyond the docs: presets of every row, the results schema, crash-continue, --plot, bad arguments."
+"The ablation runner and `dp-reproduce` beyond the docs: presets of every row, the results schema, crash-continue, shared pools, worker processes, claims, --plot, bad arguments."
 import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
+import torch
 from deliberate_practice import ablation
-from deliberate_practice.ablation import (ROWS, PAPER_TABLE1, SCALES, preset, reproduce, run_dir, run_row, dp_reproduce,
-                                          RESULT, RESULTS, TABLE, FIGURE, scale_parts)
+from deliberate_practice.ablation import (ROWS, REAL_ROW, PAPER_TABLE1, SCALES, preset, reproduce, run_dir, run_row,
+                                          RESULT, RESULTS, TABLE, FIGURE, scale_parts, pool_key, initial_pool, claims, paired_ci, image_share)
 from deliberate_practice.trainer import DPTrainer, CHECKPOINT
+from deliberate_practice.cli import dp_reproduce
 
 TINY = dict(pool_size=40, epochs=3, patience=1, n_steps=5, lr=1e-6, decay_frac=0.0)   # lr ~0: val plateaus, so a refresh follows epoch 2
 IMAGENET = dict(data_root='/nowhere/imagenet', sd_path='/nowhere/sd15')
@@ -16,7 +18,7 @@ def parts():
 
 def test_row_names():
     assert ROWS == ('static-cosine', 'static-wsd', 'dp-p10-25', 'dp-p8-25', 'dp-p8-50', 'dp-p8-75', 'dp-p8-100', 'random-p8-100')
-    assert tuple(PAPER_TABLE1) == ROWS and tuple(SCALES) == ('digits', 'imagenet100', 'imagenet1k')
+    assert tuple(PAPER_TABLE1) == ROWS and {'digits', 'imagenet100', 'imagenet1k'} <= set(SCALES)
 
 @pytest.mark.parametrize('scale', ['digits', 'imagenet100', 'imagenet1k'])
 def test_presets_follow_table1(scale):
@@ -92,28 +94,20 @@ def test_plot_from_saved_results(tmp_path):
     d = _results_dir(tmp_path)
     r = subprocess.run(['dp-reproduce', '--plot', '--out', str(d)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert '| dp-p8-100 | WSD |' in (d / TABLE).read_text() and 'Efficiency' in r.stdout
+    assert '| dp-p8-100 | WSD |' in (d / TABLE).read_text() and '| DP-100 - random (points) |' in r.stdout
     assert (d / FIGURE).stat().st_size > 10_000
     assert sorted(p.name for p in d.iterdir()) == [RESULTS, TABLE, FIGURE]         # nothing trained
 
 @pytest.mark.parametrize('argv, name', [
     (['--scale', 'cifar'], 'scale'), (['--rows', 'dp-p8-10'], 'rows'), (['--seeds', '1', 'two'], 'seeds'), (['--seeds', '-1'], 'seeds'),
     (['--overrides', 'omgea=0.1'], 'omgea'), (['--overrides', 'epochs=0'], 'epochs'), (['--scale', 'imagenet100'], 'data_root'),
-    (['--plot'], 'results.json')])
+    (['--plot'], 'results.json'), (['--config', '/nonexistent.json'], 'cannot be read'), (['--workers', '0'], 'workers'), (['--threads', '0'], 'threads'), (['--rows', REAL_ROW], 'real_subset')])
 def test_bad_arguments(argv, name, tmp_path, capsys):
-    with pytest.raises(SystemExit) as e: dp_reproduce.__wrapped__(**_kwargs(argv, tmp_path))
+    with pytest.raises(SystemExit) as e: dp_reproduce(argv + ['--out', str(tmp_path / 'out')])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith('dp-reproduce: error:') and name in err and err.count('\n') == 1
     assert not (tmp_path / 'out' / 'runs').exists()
-
-def _kwargs(argv, tmp_path):
-    "The keyword arguments argparse would give `dp_reproduce` for `argv`."
-    from fastcore.script import anno_parser
-    import inspect
-    ns = anno_parser(dp_reproduce.__wrapped__).parse_args(argv + ['--out', str(tmp_path / 'out')])
-    params = inspect.signature(dp_reproduce.__wrapped__).parameters
-    return {k: v for k, v in vars(ns).items() if k in params}
 
 def test_bad_argument_from_the_shell(tmp_path):
     r = subprocess.run(['dp-reproduce', '--rows', 'nope', '--out', str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -139,3 +133,82 @@ def test_imagenet_parts_at_image_size(tmp_path):
     assert data['val'][0][0].shape == data['test'][0][0].shape == (3, 24, 24)
     with pytest.raises(ValueError, match='image_size is 32 but the generator returns'):
         _default_parts(preset('dp-p8-100', 'imagenet100', **IMAGENET, device='cpu', image_size=32), gen, data, None)
+
+
+def test_rows_of_a_seed_share_the_pool_each_would_build(parts):
+    "Every row's own initial pool is the shared one, bit for bit: no row field enters the pool (so sharing it changes nothing)."
+    gen, data = parts
+    cfgs = [preset(r, seed=3, pool_size=30, n_steps=3) for r in ROWS]
+    assert len({pool_key(c) for c in cfgs}) == 1
+    shared, _ = initial_pool(cfgs[0], gen, data)
+    for c in cfgs[1:]:
+        t = DPTrainer(c, generator=gen, data=data); t.build_pool()
+        assert torch.equal(t.pool.get_images(list(range(len(t.pool)))), shared.get_images(list(range(len(shared))))) and torch.equal(t.pool.labels, shared.labels)
+    other, _ = initial_pool(preset('static-wsd', seed=4, pool_size=30, n_steps=3), gen, data)
+    assert not torch.equal(other.get_images(list(range(30))), shared.get_images(list(range(30))))
+
+def test_a_row_from_the_shared_pool_is_the_row_run_alone(tmp_path, parts):
+    gen, data = parts
+    cfg = preset('dp-p8-100', seed=0, **TINY)
+    alone = run_row(cfg, 'dp-p8-100', tmp_path / 'alone', gen, data)
+    shared = run_row(cfg, 'dp-p8-100', tmp_path / 'shared', gen, data, initial_pool=initial_pool(preset('static-wsd', seed=0, **TINY), gen, data))
+    strip = lambda r: {k: v for k, v in r.items() if k != 'wall_s'}
+    assert strip(alone) == strip(shared) and alone['refreshes'] >= 1
+
+def test_worker_processes_give_the_serial_numbers(tmp_path, parts):
+    "Two spawned workers, one thread each: the same results as one process with one thread, in the same order; a rerun reads them back."
+    rows, kw = ['static-wsd', 'dp-p8-100'], dict(seeds=[0, 1], out=None, progress=False, **TINY)
+    with torch_threads(1):
+        one = reproduce('digits', rows=rows, **{**kw, 'out': tmp_path / 'one'}, generator=parts[0], data=parts[1])
+        two = reproduce('digits', rows=rows, **{**kw, 'out': tmp_path / 'two'}, workers=2)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != 'wall_s'} for r in rs]
+    assert strip(one) == strip(two) and [(r['row'], r['seed']) for r in two] == [(r, s) for r in rows for s in (0, 1)]
+    assert json.loads((tmp_path / 'two' / RESULTS).read_text()) == two and (tmp_path / 'two' / FIGURE).exists()
+    assert reproduce('digits', rows=rows, **{**kw, 'out': tmp_path / 'two'}, workers=2) == two        # finished: read back, no worker started
+
+def test_workers_only_at_digits_scale():
+    with pytest.raises(ValueError, match='workers must be 1'):
+        reproduce('imagenet100', seeds=[0], rows=['static-wsd'], out='/nowhere', workers=2, **IMAGENET)
+
+def _fake(rows_gaps, seeds=range(1, 10)):
+    "Results where row r's test accuracy on seed s is 0.9 + gap[s] / 100, with flat histories."
+    return [dict(row=r, seed=s, test_acc=0.9 + g(s) / 100, val_acc=0.9, n_generated=100, wall_s=1.0, config={},
+                 history=[dict(epoch=1, n_generated=100, val_acc=0.9, test_acc=0.9)]) for r, g in rows_gaps.items() for s in seeds]
+
+@pytest.mark.parametrize('gap, expect', [(lambda s: 1.0 + 0.1 * (s % 3), 'holds'), (lambda s: (-1) ** s * 0.5, 'tie'), (lambda s: -2.0 + 0.1 * (s % 2), 'fails')])
+def test_verdicts_of_the_claims(gap, expect):
+    res = _fake({'static-cosine': lambda s: 0, 'static-wsd': gap, 'random-p8-100': lambda s: 0, 'dp-p8-100': lambda s: gap(s) + 1})
+    c = {d['claim']: d for d in claims(res)}
+    assert c['WSD - cosine']['verdict'] == expect and c['WSD - cosine']['n_seeds'] == 9
+    assert c['best DP - static WSD']['row'] == 'dp-p8-100' and c['best DP - static WSD']['verdict'] == 'holds'
+    g = paired_ci(res, 'static-wsd', 'static-cosine')
+    assert g['lo'] <= g['mean'] <= g['hi']
+    import numpy as np
+    assert g['mean'] == pytest.approx(np.mean([gap(s) for s in range(1, 10)]), abs=1e-9)
+
+def test_image_share_per_seed():
+    "DP needs 100 images where random needed 400 on every seed but one, where it never gets there."
+    def run(row, seed, vals, gens): return dict(row=row, seed=seed, history=[dict(val_acc=v, n_generated=g) for v, g in zip(vals, gens)])
+    res = [run('random-p8-100', s, [.5, .6, .7, .8, .9], [100, 200, 300, 400, 500]) for s in range(9)]
+    res += [run('dp-p8-100', s, [.5, .9, .9, .9, .9] if s else [.5, .6, .6, .6, .6], [100, 200, 300, 400, 500]) for s in range(9)]
+    e = image_share(res)
+    assert e['shares'][0] == float('inf') and e['shares'][1:] == [0.25] * 8
+    assert (e['median'], e['lo'], e['hi'], e['verdict']) == (0.25, 0.25, 0.25, 'holds')
+
+def test_real_row_trains_on_the_generators_real_images(tmp_path):
+    "The real-data row of the k=10 generator: 100 real gen digits, nothing generated, the static WSD schedule."
+    from deliberate_practice.ablation import real_images, scale_rows
+    cfg = preset(REAL_ROW, seed=0, digits_generator='digits_unet_k10', **TINY)
+    assert {k: v for k, v in cfg.to_dict().items()} == preset('static-wsd', seed=0, digits_generator='digits_unet_k10', **TINY).to_dict()
+    x, y = real_images(cfg)
+    assert len(y) == 100 and torch.bincount(y).tolist() == [10] * 10
+    r = reproduce('digits', seeds=[0], rows=[REAL_ROW], out=tmp_path, progress=False, digits_generator='digits_unet_k10', **TINY)[0]
+    assert r['row'] == REAL_ROW and r['n_generated'] == 0 and r['refreshes'] == 0 and len(r['history']) == 3
+    assert scale_rows('digits', digits_generator='digits_unet_k10')[-1] == REAL_ROW
+
+from contextlib import contextmanager
+@contextmanager
+def torch_threads(n):
+    old = torch.get_num_threads(); torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(old)

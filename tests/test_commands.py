@@ -3,10 +3,9 @@ import inspect, io, json, re, shlex
 from contextlib import redirect_stdout
 from pathlib import Path
 import pytest
-from fastcore.script import anno_parser
 from deliberate_practice import trainer
-from deliberate_practice.ablation import dp_reproduce, ROWS
-from deliberate_practice.cli import dp_train, parse_args
+from deliberate_practice.ablation import ROWS, SCALES, COVERAGE_ROWS, scale_rows
+from deliberate_practice.cli import dp_train, parse_args, dp_reproduce, build_reproduce_parser
 
 ROOT = Path(__file__).parents[1]
 FENCE = re.compile(r'```(?:sh|bash|shell)?\n(.*?)```', re.S)
@@ -40,10 +39,7 @@ def _printed(fn, *a, **kw):
     with redirect_stdout(io.StringIO()) as f: fn(*a, **kw)
     return json.loads(f.getvalue())
 
-def _reproduce_configs(argv)->list:
-    ns = anno_parser(dp_reproduce.__wrapped__).parse_args(argv)
-    params = inspect.signature(dp_reproduce.__wrapped__).parameters
-    return _printed(dp_reproduce.__wrapped__, **{**{k: v for k, v in vars(ns).items() if k in params}, 'print_config': True})
+def _reproduce_configs(argv)->list: return _printed(dp_reproduce, [*argv, '--print-config'])
 
 IMAGENET = dict(imagenet100=65_000, imagenet1k=650_000)
 
@@ -62,11 +58,12 @@ def test_command_resolves_to_what_it_claims(src, cmd, argv, tmp_path):
         return
     if '--plot' in argv: return                                            # redraws saved results: no configuration
     cfgs = _reproduce_configs(argv)
-    ns = anno_parser(dp_reproduce.__wrapped__).parse_args(argv)
-    rows, seeds = ns.rows or list(ROWS), ns.seeds or list(dict.fromkeys(c['seed'] for c in cfgs))   # default seeds: dp-reproduce's own
+    ns = build_reproduce_parser().parse_args(argv)
+    rows = ns.rows or (list(COVERAGE_ROWS) if ns.coverage else scale_rows(ns.scale, **{k: getattr(ns, k) for k in ('data_root', 'sd_path') if getattr(ns, k)}))
+    seeds = ns.seeds or list(dict.fromkeys(c['seed'] for c in cfgs))                              # default seeds: dp-reproduce's own
     if ns.quick and not ns.seeds: assert len(seeds) == 1
     assert [(c['row'], c['seed']) for c in cfgs] == [(r, int(s)) for s in seeds for r in rows]
-    assert {c['dataset'] for c in cfgs} == {ns.scale}
+    assert {c['dataset'] for c in cfgs} == {SCALES[ns.scale].get('dataset', 'digits')}
     for c in cfgs:
         if c['row'] == 'dp-p8-100' and not ns.quick:                      # the scale's dp-p8-100 row is its dp-train preset
             paths = {k: c[k] for k in ('data_root', 'sd_path', 'device', 'seed')}
