@@ -6,15 +6,15 @@
 __all__ = ['CHOICES', 'SD_CONFIGS', 'GIB', 'MIB', 'GUIDANCE_VIEW_MIB', 'UNET_MIB_PER_LATENT_PX', 'TRAIN_MIB_PER_IMAGE',
            'REPRODUCE_ARGS', 'flag_names', 'presets_help', 'build_parser', 'parse_args', 'LineReporter',
            'console_reporter', 'CurvesWriter', 'resolve_config', 'dp_train', 'refresh_schedule', 'plan_counts',
-           'check_imagenet', 'check_sd_folder', 'activation_bytes', 'estimate_memory', 'timed_steps', 'disk_needed_gib',
-           'classifier_params', 'check_disk', 'dry_run', 'build_reproduce_parser', 'dp_reproduce']
+           'check_imagenet', 'check_sd_folder', 'activation_bytes', 'meta_classifier', 'estimate_memory', 'timed_steps',
+           'disk_needed_gib', 'classifier_params', 'check_disk', 'dry_run', 'build_reproduce_parser', 'dp_reproduce']
 
 # %% ../nbs/08_cli.ipynb #4e449efc
 import argparse, dataclasses, json, math, os, sys, textwrap, time
 from pathlib import Path
 from fastcore.docments import docments
 from .config import (DPConfig, PRESETS, TYPE_NAMES, preset, config_from_file, SELECTIONS, SCORE_METRICS, SCHEDULERS,
-                                        DATASETS, PRECISIONS, device_type)
+                                        DATASETS, PRECISIONS, device_type, in_decay_phase, steps_per_epoch)
 
 # %% ../nbs/08_cli.ipynb #751288f9
 class _OneLineParser(argparse.ArgumentParser):
@@ -186,19 +186,19 @@ def refresh_schedule(cfg:DPConfig)->list:
     wait, patience, out = 0, cfg.patience, []
     for e in range(1, cfg.epochs + 1):
         wait = 0 if e == 1 else wait + 1                         # the first epoch always improves on nothing
-        if wait >= patience and e < cfg.epochs and not e + 1 > cfg.epochs * (1 - cfg.decay_frac):   # the trainer's `can_refresh`
+        if wait >= patience and e < cfg.epochs and not in_decay_phase(e, cfg.epochs, cfg.decay_frac):   # the trainer's `can_refresh`
             out.append(e); wait, patience = 0, patience + cfg.patience_growth
     return out
 
 def plan_counts(cfg:DPConfig, world:int=1)->dict:
     "Images to generate (initial, the most refreshes add, guided), refreshes, optimizer steps of `cfg` on `world` processes."
-    n, added = cfg.pool_size, []
-    for _ in refresh_schedule(cfg):
+    n, added, epochs = cfg.pool_size, [], refresh_schedule(cfg)
+    for _ in epochs:
         k = math.floor(cfg.prune_frac * n + 0.5); added.append(k)
         if cfg.grow: n += k
-    spe = cfg.pool_size // cfg.batch_size if (cfg.mixup or cfg.cutmix) else math.ceil(cfg.pool_size / cfg.batch_size)
+    spe = steps_per_epoch(cfg)
     return dict(initial_images=cfg.pool_size, max_refreshes=len(added), max_refresh_images=sum(added), max_images=cfg.pool_size + sum(added),
-                max_guided_images=sum(added) if cfg.omega > 0 and cfg.selection == 'entropy' else 0, refresh_epochs=refresh_schedule(cfg),
+                max_guided_images=sum(added) if cfg.omega > 0 and cfg.selection == 'entropy' else 0, refresh_epochs=epochs,
                 steps_per_epoch=spe, optimizer_steps=spe * cfg.epochs, batch_per_process=cfg.batch_size // world)
 
 # %% ../nbs/08_cli.ipynb #56da9c37
@@ -258,17 +258,25 @@ def activation_bytes(model, x)->int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): model(x).sum()
     return total[0]
 
+# %% ../nbs/08_cli.ipynb #9f11639e
+def meta_classifier(cfg:DPConfig, n_classes:int=None)->tuple:
+    "(the run's classifier built on the meta device: shapes, no weights; its input channels; its input side); `n_classes` defaults to the dataset's."
+    import torch
+    from deliberate_practice.models import create_classifier
+    from deliberate_practice.data import IMAGENET_SUBSETS
+    chans, side = (1, cfg.image_size or 8) if cfg.dataset == 'digits' else (3, cfg.image_size or 512)
+    with torch.device('meta'):
+        return create_classifier(cfg.model, n_classes or len(IMAGENET_SUBSETS.get(cfg.dataset, range(10))), in_chans=chans, img_size=side), chans, side
+
 # %% ../nbs/08_cli.ipynb #9ebc1be4
 def estimate_memory(cfg:DPConfig, n_classes:int, sd_configs:dict=None, world:int=1)->dict:
     "Estimated peak memory per process (GiB) of training and of a guided generation batch, and its parts; SD's from `sd_configs` (None: the digits UNet)."
     import torch
-    from deliberate_practice.models import create_classifier
     from deliberate_practice.generators import DIGITS_UNET_CONFIG
     from diffusers import UNet2DModel, UNet2DConditionModel, AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
-    side, chans = (cfg.image_size or 8, 1) if cfg.dataset == 'digits' else (cfg.image_size or 512, 3)
     with torch.device('meta'):
-        clf = create_classifier(cfg.model, n_classes, in_chans=chans, img_size=side)
+        clf, chans, side = meta_classifier(cfg, n_classes)
         act = (TRAIN_MIB_PER_IMAGE[cfg.model] * MIB * (side / 224) ** 2 if cfg.model in TRAIN_MIB_PER_IMAGE
                else activation_bytes(clf.train(), torch.zeros(1, chans, side, side)))
         if sd_configs is None: gen_params, latent_px, sd_bytes = sum(p.numel() for p in UNet2DModel(**DIGITS_UNET_CONFIG).parameters()), 64, 4
@@ -322,12 +330,7 @@ def disk_needed_gib(cfg:DPConfig, classifier_params:int)->float:
 
 def classifier_params(cfg:DPConfig)->int:
     "Parameters of the run's classifier, counted on the meta device (no weights made)."
-    import torch
-    from deliberate_practice.models import create_classifier
-    from deliberate_practice.data import IMAGENET_SUBSETS
-    chans, side = (1, cfg.image_size or 8) if cfg.dataset == 'digits' else (3, cfg.image_size or 512)
-    with torch.device('meta'):
-        return sum(p.numel() for p in create_classifier(cfg.model, len(IMAGENET_SUBSETS.get(cfg.dataset, range(10))), in_chans=chans, img_size=side).parameters())
+    return sum(p.numel() for p in meta_classifier(cfg)[0].parameters())
 
 def check_disk(cfg:DPConfig, out, classifier_params:int)->list:
     "A problem line if the file system under `out` has less free space than the run needs, else []."

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['DEVICE_TYPES', 'SELECTIONS', 'SCORE_METRICS', 'SCHEDULERS', 'PRECISIONS', 'DATASETS', 'TYPE_NAMES', 'MAXIMA',
-           'MAXIMA_WHY', 'PRESETS', 'device_type', 'DPConfig', 'preset', 'config_from_file']
+           'MAXIMA_WHY', 'PRESETS', 'device_type', 'DPConfig', 'preset', 'steps_per_epoch', 'in_decay_phase',
+           'config_from_file']
 
 # %% ../nbs/00a_config.ipynb #94d2603c
 import dataclasses, json, math, numbers, re
@@ -136,6 +137,18 @@ def preset(name:str, # one of `PRESETS`
     "The `DPConfig` of a preset, with overrides."
     if name not in PRESETS: raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
     return DPConfig(**{**PRESETS[name], **kw})
+
+# %% ../nbs/00a_config.ipynb #13297ece
+def steps_per_epoch(cfg:DPConfig)->int:
+    "Optimizer steps in one epoch of `cfg`: every image once, in whole batches only under Mixup/CutMix (timm's Mixup needs even batches)."
+    return cfg.pool_size // cfg.batch_size if (cfg.mixup or cfg.cutmix) else math.ceil(cfg.pool_size / cfg.batch_size)
+
+def in_decay_phase(epoch:int,         # 0-based epoch
+                   epochs:int,        # epochs in the run
+                   decay_frac:float,  # fraction of training in the cool-down
+                  )->bool:            # True if any step of `epoch` lies in the decay phase
+    "Whether `epoch` reaches the final cool-down, where refreshes stop."
+    return epoch + 1 > epochs * (1 - decay_frac)
 
 # %% ../nbs/00a_config.ipynb #afb124bd
 def config_from_file(path)->dict:

@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['POOL', 'INIT', 'EPOCH', 'REFRESH', 'EVAL_BATCH_SIZE', 'LARGE_SPLIT', 'NONFINITE_KEYS', 'CHECKPOINT', 'HISTORY',
            'HISTORY_CSV', 'FINAL', 'TENSORBOARD', 'MODEL', 'LOCK', 'RUN_ARTEFACTS', 'CURVES', 'wsd_lr', 'cosine_lr',
-           'in_decay_phase', 'derive_seed', 'seeded', 'as_dataset', 'digits_weights', 'DPTrainer', 'distributed_state',
-           'run_device', 'make_accelerator', 'read_checkpoint', 'convert_checkpoint', 'history_csv',
-           'tensorboard_callback', 'open_run_folder', 'release_run_folder', 'plot_curves']
+           'derive_seed', 'seeded', 'as_dataset', 'digits_weights', 'DPTrainer', 'distributed_state', 'run_device',
+           'make_accelerator', 'read_checkpoint', 'convert_checkpoint', 'history_csv', 'tensorboard_callback',
+           'open_run_folder', 'release_run_folder', 'plot_curves']
 
 # %% ../nbs/03_trainer.ipynb #3aa7e536
 import atexit, csv, dataclasses, io, json, math, os, random, socket, sys, time, numbers, zipfile
@@ -28,7 +28,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from .guidance import entropy, eval_mode
-from .config import DPConfig, PRESETS, preset, TYPE_NAMES
+from .config import DPConfig, PRESETS, preset, TYPE_NAMES, in_decay_phase, steps_per_epoch
 from .pool import Pool, atomic_write
 from .models import accuracy
 
@@ -56,14 +56,6 @@ def cosine_lr(step:int,              # optimizer step (0-based)
     if step < w: return (step + 1) / w
     if total <= w: return 1.0
     return 0.5 * (1 + math.cos(math.pi * min(step - w, total - w) / (total - w)))
-
-# %% ../nbs/03_trainer.ipynb #01b48e4a
-def in_decay_phase(epoch:int,         # 0-based epoch
-                   epochs:int,        # epochs in the run
-                   decay_frac:float,  # fraction of training in the cool-down
-                  )->bool:            # True if any step of `epoch` lies in the decay phase
-    "Whether `epoch` reaches the final cool-down, where refreshes stop."
-    return epoch + 1 > epochs * (1 - decay_frac)
 
 # %% ../nbs/03_trainer.ipynb #4d45d0bb
 POOL, INIT, EPOCH, REFRESH = range(4)   # random streams of a run
@@ -148,7 +140,7 @@ def _build_optim(self:DPTrainer):
     self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     self.mixup = Mixup(mixup_alpha=c.mixup, cutmix_alpha=c.cutmix, label_smoothing=c.label_smoothing,
                        num_classes=self.generator.n_classes) if (c.mixup or c.cutmix) else None
-    self.steps_per_epoch = c.pool_size // c.batch_size if self.mixup else math.ceil(c.pool_size / c.batch_size)  # Mixup needs even batches
+    self.steps_per_epoch = steps_per_epoch(c)
     lam = partial(wsd_lr if c.scheduler == 'wsd' else cosine_lr, total=c.epochs * self.steps_per_epoch,
                   warmup_frac=c.warmup_frac, decay_frac=c.decay_frac)
     self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lam)
