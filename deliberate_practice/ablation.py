@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt
 import torch
 from scipy import stats
 from fastprogress.fastprogress import progress_bar
-from .trainer import DPConfig, DPTrainer, PRESETS, atomic_write, CHECKPOINT, distributed_state, run_device, digits_weights
+from .trainer import DPConfig, DPTrainer, PRESETS, atomic_write, CHECKPOINT, distributed_state, run_device, digits_weights, build_parts
+from .data import dataset_entry
 
 # %% ../nbs/04_ablation.ipynb #9b1b129f
 ROWS = ('static-cosine', 'static-wsd', 'dp-p10-25', 'dp-p8-25', 'dp-p8-50', 'dp-p8-75', 'dp-p8-100', 'random-p8-100')
@@ -58,10 +59,10 @@ def _row_settings(row:str, patience:dict)->dict:
 
 # %% ../nbs/04_ablation.ipynb #1b929fa0
 SCALES = PRESETS                                          # the trainer's table: each scale's dp-p8-100 row
-PATIENCE_10 = {'digits': 4, 'digits-k10': 4, 'imagenet100': 10, 'imagenet1k': 10}   # the paper's patience 10 at each scale (digits: the patience sweep below)
+PATIENCE_10 = {'digits': 4, 'digits-k10': 4, 'imagenet100': 10, 'imagenet1k': 10, 'folder': 10}   # the paper's patience 10 at each scale (digits: the patience sweep below)
 PATIENCE = {s: {8: p.get('patience', DPConfig.patience), 10: PATIENCE_10[s]} for s, p in SCALES.items()}   # {paper value: this scale's}
 _QUICK_DIGITS = dict(epochs=20, patience={8: 1, 10: 2})   # `--quick`: fewer epochs, so a shorter patience ({paper: this scale's}) to see refreshes
-QUICK = {'digits': _QUICK_DIGITS, 'digits-k10': _QUICK_DIGITS, 'imagenet100': dict(epochs=10), 'imagenet1k': dict(epochs=5)}
+QUICK = {'digits': _QUICK_DIGITS, 'digits-k10': _QUICK_DIGITS, 'imagenet100': dict(epochs=10), 'imagenet1k': dict(epochs=5), 'folder': dict(epochs=10)}
 
 # %% ../nbs/04_ablation.ipynb #a6019dfd
 def preset(row:str,             # one of `ROWS`, or `REAL_ROW`
@@ -102,13 +103,7 @@ def run_dir(out, row:str, seed:int)->Path: return Path(out) / 'runs' / f'{row}-s
 
 def scale_parts(cfg:DPConfig)->tuple:
     "(generator, data) for `cfg.dataset`, on this process's device (bound first): loaded once, shared by every row of a reproduction."
-    from deliberate_practice import generators, data as D
-    device = run_device(cfg)                                  # binds this process to its GPU before any weight is loaded
-    if cfg.dataset == 'digits': return generators.load_digits_generator(device=device, path=digits_weights(cfg.digits_generator)), D.digits_splits()
-    names = D.imagenet_class_names(D.IMAGENET_SUBSETS[cfg.dataset])
-    gen = generators.StableDiffusionGenerator.from_pretrained(cfg.sd_path, names, classifier_size=cfg.image_size, device=device,
-                                                              gradient_checkpointing=cfg.gradient_checkpointing, guidance_decoder=cfg.guidance_decoder)
-    return gen, D.imagenet_splits(cfg.data_root, cfg.dataset, image_size=gen.image_shape[-1])
+    return build_parts(cfg, run_device(cfg))                  # binds this process to its GPU before any weight is loaded
 
 def pool_key(cfg:DPConfig)->tuple:
     "What the initial pool depends on: rows with the same key start from the same images."
@@ -126,7 +121,7 @@ def _generator_meta(cfg:DPConfig)->dict:
 
 def has_real(cfg:DPConfig)->bool:
     "Whether `cfg`'s digits generator records the real images it was trained on (so `REAL_ROW` can run)."
-    return cfg.dataset == 'digits' and 'real_subset' in _generator_meta(cfg)
+    return dataset_entry(cfg.dataset).generator == 'digits' and 'real_subset' in _generator_meta(cfg)
 
 def real_images(cfg:DPConfig)->tuple:
     "(x, y): the real images `cfg`'s digits generator was trained on, as its weights' json records them (`real_subset`)."
@@ -185,7 +180,7 @@ class Runs:
 
     def pool(self, cfg:DPConfig, row:str):
         "The shared starting pool of (`row`, `cfg.seed`): the real images for `REAL_ROW`, else the seed's initial pool (in-memory pools only)."
-        if cfg.dataset != 'digits': return None
+        if not dataset_entry(cfg.dataset).in_memory: return None
         if row == REAL_ROW: return real_pool(cfg)
         key = pool_key(cfg)
         if key not in self.pools:
@@ -497,7 +492,7 @@ def reproduce(scale:str='digits',     # one of `SCALES`
     cfgs = {(r, s): preset(r, scale, quick=quick, **{**overrides, 'seed': s}) for s in seeds for r in rows}   # all validated before any run
     first = next(iter(cfgs.values()))
     state = distributed_state(first)
-    if workers < 1 or (workers > 1 and (first.dataset != 'digits' or state.num_processes > 1)):
+    if workers < 1 or (workers > 1 and (not dataset_entry(first.dataset).in_memory or state.num_processes > 1)):
         raise ValueError(f"workers must be 1 for dataset {first.dataset!r} or under accelerate launch (one process drives each device), and >= 1; got {workers}")
     order = {k: i for i, k in enumerate(sorted(cfgs, key=lambda k: ((ROWS + (REAL_ROW,)).index(k[0]), seeds.index(k[1]))))}   # ROWS order, then seeds order
     done, title, main, written = {}, _title(scale, seeds, quick), state.is_main_process, time.perf_counter()
@@ -585,7 +580,7 @@ def reproduce_command(scale:str='digits',  # digits (CPU), digits-k10, imagenet1
     kw = dict(parse_overrides(overrides), **{k: v for k, v in dict(data_root=data_root, sd_path=sd_path, model=model, device=device).items() if v is not None})
     r = _parse_rows(rows if rows is not None else COVERAGE_ROWS if coverage else scale_rows(scale, **kw))
     if quick and seeds is None: s = s[:1]
-    digits = preset(r[0], scale, **kw).dataset == 'digits'
+    digits = dataset_entry(preset(r[0], scale, **kw).dataset).in_memory      # CPU scale: one thread per worker, one worker per core
     for name, v in (('threads', threads), ('workers', workers)):
         if v is not None and v < 1: raise ValueError(f"{name} must be >= 1, got {v}")
     threads = threads or (1 if digits else None)

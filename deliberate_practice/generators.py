@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['NULL_LABEL', 'DIGITS_SCHEDULE', 'DIGITS_UNET_CONFIG', 'DIGITS_TRAINING', 'DIGITS_WEIGHTS', 'SD_SUBFOLDERS',
-           'initial_noise', 'check_labels', 'DiffusionGenerator', 'digits_unet', 'train_digits_generator',
-           'save_digits_unet', 'DigitsGenerator', 'load_digits_generator', 'StableDiffusionGenerator',
-           'tiny_sd_components', 'tiny_taesd']
+           'SD_CONFIGS', 'DRIVEN', 'initial_noise', 'check_labels', 'DiffusionGenerator', 'digits_unet',
+           'train_digits_generator', 'save_digits_unet', 'DigitsGenerator', 'load_digits_generator',
+           'StableDiffusionGenerator', 'unsupported_sd', 'check_sd_folder', 'tiny_sd_components', 'tiny_taesd']
 
 # %% ../nbs/07_generators.ipynb #26f787d4
 import json
@@ -234,8 +234,9 @@ def _guidance_decoder(decoder, device, dtype, latent_channels:int):
 class StableDiffusionGenerator(DiffusionGenerator):
     "Class-conditional sampling from a text-to-image latent diffusion model (Stable Diffusion), one prompt per class."
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler,  # diffusers/transformers components
-                 class_names:list,                      # one name per class; the prompt is `prompt_template.format(name)`
-                 prompt_template:str="a photo of a {}", # prompt per class
+                 class_names:list,                      # one name per class
+                 prompt_template:str="a photo of a {name}", # the prompt of a class: `{name}` (or `{}`) is its name
+                 prompts:list=None,                     # one prompt per class, instead of `prompt_template`
                  negative_prompt:str="",                # the unconditional prompt of classifier-free guidance
                  image_size:int=None,                   # generated image side (None: the UNet's native size, 512 for SD 1.5)
                  classifier_size=None,                  # int or (h, w): decoded images are resized to it, for guidance and in the output (None: no resize)
@@ -246,12 +247,14 @@ class StableDiffusionGenerator(DiffusionGenerator):
                  guidance_decoder=None,                 # `AutoencoderTiny` (TAESD) or its local folder, for the guidance view only (None: the VAE)
                 ):
         if not class_names: raise ValueError(f"class_names must be a non-empty list, got {class_names!r}")
+        if prompts is not None and len(prompts) != len(class_names): raise ValueError(f"prompts must hold one prompt per class ({len(class_names)}), got {len(prompts)}")
         c = scheduler.config
         if c.get('clip_sample') or c.get('thresholding'): raise ValueError("scheduler: clip_sample/thresholding are not supported by guided_ddim_sample; set them to False")
         self.device, self.dtype = _device_and_dtype(device, dtype)
         self.unet, self.vae, self.text_encoder = [(m.to(self.device) if m.dtype == self.dtype else m.to(self.device, self.dtype)).eval().requires_grad_(False)
                                                   for m in (unet, vae, text_encoder)]
-        self.tokenizer, self.scheduler, self.class_names, self.prompt_template = tokenizer, scheduler, list(class_names), prompt_template
+        self.tokenizer, self.scheduler, self.class_names = tokenizer, scheduler, list(class_names)
+        self.prompts = list(prompts) if prompts is not None else [prompt_template.format(n, name=n) for n in self.class_names]
         self.guidance_decoder = _guidance_decoder(guidance_decoder, self.device, self.dtype, unet.config.in_channels)
         if attention_slicing is not None: self.unet.set_attention_slice(attention_slicing); self.vae.enable_slicing()
         if gradient_checkpointing: (self.guidance_decoder or self.vae).enable_gradient_checkpointing()
@@ -267,7 +270,7 @@ class StableDiffusionGenerator(DiffusionGenerator):
         self.alpha_bar = scheduler.alphas_cumprod.float()
         self.sampler_kw = dict(spacing=c.timestep_spacing, steps_offset=c.steps_offset, prediction_type=c.prediction_type,
                                final_alpha_bar=1.0 if c.set_alpha_to_one else self.alpha_bar[0].item())
-        self.cond_emb = self.encode_prompts([prompt_template.format(n) for n in self.class_names])
+        self.cond_emb = self.encode_prompts(self.prompts)
         self.uncond_emb = self.encode_prompts([negative_prompt])
 
 # %% ../nbs/07_generators.ipynb #3770a742
@@ -306,6 +309,41 @@ def guidance_view(self:StableDiffusionGenerator, z0_hat:Tensor)->Tensor:
 
 # %% ../nbs/07_generators.ipynb #4c96a603
 SD_SUBFOLDERS = ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler')
+SD_CONFIGS = dict(unet='config.json', vae='config.json', text_encoder='config.json', scheduler='scheduler_config.json', tokenizer='tokenizer_config.json')
+DRIVEN = 'an SD-1.x or SD-2.x text-to-image folder (unet/, vae/, one CLIP text_encoder/)'
+
+def _pipeline_name(p:Path)->str|None:
+    "The `_class_name` of `p/model_index.json`, if there is a readable one."
+    try: return json.loads((p / 'model_index.json').read_text()).get('_class_name')
+    except (OSError, ValueError, AttributeError): return None
+
+def unsupported_sd(path, configs:dict)->str|None:
+    "Why the package cannot drive the diffusers folder `path` (SDXL, a DiT, a UNet with other inputs), or None; `configs`: its components' configs."
+    p, name = Path(path), _pipeline_name(Path(path))
+    if (p / 'text_encoder_2').is_dir() or 'XL' in (name or ''):
+        return f"{p} is a Stable Diffusion XL folder ({name or 'text_encoder_2/'}: two text encoders and size conditioning), which the package cannot drive: use {DRIVEN}"
+    if (p / 'transformer').is_dir() and not (p / 'unet').is_dir():
+        return f"{p} holds a transformer/ denoiser ({name or 'a DiT such as SD3 or Flux'}), which the package cannot drive: use {DRIVEN}"
+    u, v = configs.get('unet') or {}, configs.get('vae') or {}
+    if u.get('addition_embed_type'):
+        return f"{p}: its UNet takes extra conditioning (addition_embed_type {u['addition_embed_type']!r}), which the package cannot drive: use {DRIVEN}"
+    if u and v and u.get('in_channels') != v.get('latent_channels'):
+        return (f"{p}: its UNet takes {u.get('in_channels')} input channels and its VAE makes {v.get('latent_channels')}-channel latents (an inpainting, "
+                f"depth or upscaling model), which the package cannot drive: use {DRIVEN}")
+
+def check_sd_folder(path)->tuple:
+    "(the components' configs, problems) of a diffusers Stable Diffusion folder: each component present, each config readable JSON, a model the package can drive."
+    path, cfgs, problems = Path(path).expanduser(), {}, []
+    if not path.is_dir(): return cfgs, [f"sd_path {str(path)!r} is not a folder: pass a local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)"]
+    why = unsupported_sd(path, {})
+    if why: return cfgs, [why]
+    for comp, name in SD_CONFIGS.items():
+        f = path / comp / name
+        if not (path / comp).is_dir(): problems.append(f"{path} has no {comp}/ folder: the Stable Diffusion folder is incomplete"); continue
+        try: cfgs[comp] = json.loads(f.read_text())
+        except (OSError, ValueError) as e: problems.append(f"{f} cannot be read as JSON ({type(e).__name__}): re-copy the {comp} component")
+    why = unsupported_sd(path, cfgs)
+    return cfgs, problems + ([why] if why else [])
 
 def _resolve_model_dir(path_or_id, local_files_only=True):
     "A local folder with the SD components, from a path or a cached Hub id."
@@ -320,7 +358,11 @@ def _resolve_model_dir(path_or_id, local_files_only=True):
                                     f"(local_files_only=True). Fetch it once where there is a network, e.g. `hf download {path_or_id} --local-dir DIR`, "
                                     "then pass DIR.") from None
     missing = [s for s in SD_SUBFOLDERS if not (p / s).is_dir()]
+    why = unsupported_sd(p, {})
+    if why: raise ValueError(why)
     if missing: raise FileNotFoundError(f"{p} lacks the diffusers subfolders {missing}; expected {list(SD_SUBFOLDERS)}")
+    _, problems = check_sd_folder(p)
+    if problems: raise ValueError(problems[0])
     return str(p)
 
 # %% ../nbs/07_generators.ipynb #9a50d1bc
@@ -328,7 +370,7 @@ def _resolve_model_dir(path_or_id, local_files_only=True):
 def from_pretrained(cls:StableDiffusionGenerator,
                     path_or_id,                      # local folder in the diffusers layout, or a Hub id already in the HF cache
                     class_names:list,                # one name per class
-                    prompt_template:str="a photo of a {}", # prompt per class
+                    prompt_template:str="a photo of a {name}", # the prompt of a class
                     dtype=None,                      # None: float16 on GPU, float32 on CPU
                     device=None,                     # None: CUDA if available
                     local_files_only:bool=True,      # never touch the network
@@ -336,7 +378,7 @@ def from_pretrained(cls:StableDiffusionGenerator,
                     image_size:int=None,             # None: the model's native size
                     gradient_checkpointing:bool=False, # checkpoint the guidance view's decoder
                     guidance_decoder=None,           # `AutoencoderTiny` or its local folder (e.g. TAESD's), for the guidance view only
-                    **kwargs,                        # negative_prompt, classifier_size
+                    **kwargs,                        # prompts, negative_prompt, classifier_size
                    )->StableDiffusionGenerator:
     "Build a `StableDiffusionGenerator` from saved diffusers components."
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -357,11 +399,15 @@ def from_pretrained(cls:StableDiffusionGenerator,
 
 @patch
 def save_pretrained(self:StableDiffusionGenerator, path):
-    "Save the components in the diffusers folder layout that `from_pretrained` reads."
-    for name in SD_SUBFOLDERS: getattr(self, name).save_pretrained(Path(path) / name)
+    "Save the components as diffusers' `StableDiffusionPipeline` does (with `model_index.json`): `from_pretrained` and `StableDiffusionPipeline.from_pretrained` open it."
+    from diffusers import StableDiffusionPipeline
+    StableDiffusionPipeline(**{k: getattr(self, k) for k in SD_SUBFOLDERS}, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(path)
 
 # %% ../nbs/07_generators.ipynb #ea0d69bf
-def tiny_sd_components(seed:int=0)->dict: # dict(unet, vae, text_encoder, tokenizer, scheduler)
+def tiny_sd_components(seed:int=0,                     # seeds the random weights
+                       prediction_type:str='epsilon',   # the scheduler's: 'epsilon' (SD-1.x, SD-2 base) or 'v_prediction' (SD-2.x 768 px)
+                      )->dict:                          # dict(unet, vae, text_encoder, tokenizer, scheduler)
     "Random-weight Stable-Diffusion-shaped components, small enough for CPU tests (test scaffolding)."
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
     from tokenizers.pre_tokenizers import ByteLevel
@@ -378,7 +424,7 @@ def tiny_sd_components(seed:int=0)->dict: # dict(unet, vae, text_encoder, tokeni
         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32, bos_token_id=vocab['<|startoftext|>'],
         eos_token_id=vocab['<|endoftext|>'], pad_token_id=vocab['<|endoftext|>'])))
     scheduler = DDIMScheduler(beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)   # Stable Diffusion 1.5's schedule
+                              set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)   # Stable Diffusion 1.5's (and 2.x's) schedule
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
 def tiny_taesd(seed:int=0)->AutoencoderTiny: # random-weight TAESD-shaped guidance decoder

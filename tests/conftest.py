@@ -9,12 +9,12 @@ def pytest_terminal_summary(terminalreporter):
                                     + ('' if ok == len(BAD_INPUTS) else f"; not: {', '.join(c for c, good in BAD_INPUTS if not good)}"))
 
 
-def imagenet_layout(root, wnids, n:int=1, size=(20, 30), ext:str='JPEG'):
-    "A tiny ImageNet root for tests: train/ and val/ with `n` random images in each wnid folder."
+def imagenet_layout(root, wnids, n:int=1, size=(20, 30), ext:str='JPEG', splits=('train', 'val')):
+    "A tiny ImageNet root (or folder dataset) for tests: `splits` with `n` random images in each class folder."
     import numpy as np
     from PIL import Image
     rng = np.random.default_rng(0)
-    for split in ('train', 'val'):
+    for split in splits:
         for w in wnids:
             (root / split / w).mkdir(parents=True)
             for i in range(n): Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / split / w / f'{w}_{i}.{ext}')

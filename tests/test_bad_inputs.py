@@ -33,7 +33,10 @@ def parts(tmp_path_factory):
     inet = ['--preset', 'imagenet100', '--data-root', root / 'in', '--sd-path', root / 'sd', '--device', 'cpu', '--model', 'test_vit',
             '--image-size', '16', '--pool-size', '4', '--batch-size', '2', '--epochs', '2', '--n-steps', '2', '--num-workers', '0', '--quiet']
     assert _run(['--out', root / 'inet', *inet]) == 0
-    return dict(root=root, inet=inet)
+    for split in ('val', 'test'): imagenet_layout(root / 'birds', ['blue_jay', 'owl', 'red_kite'], n=2, splits=(split,))
+    folder = ['--dataset', 'folder', '--data-root', root / 'birds', '--sd-path', root / 'sd', '--device', 'cpu', '--mixed-precision', 'no', '--model', 'test_vit',
+              '--image-size', '16', '--pool-size', '6', '--batch-size', '2', '--epochs', '2', '--n-steps', '2', '--num-workers', '0', '--quiet']
+    return dict(root=root, inet=inet, folder=folder)
 
 def _copy(parts, name, tmp_path):
     shutil.copytree(parts['root'] / name, tmp_path / name); return tmp_path / name
@@ -52,6 +55,21 @@ def _old_format(p):
 def _missing_class(tmp_path, parts):
     root = tmp_path / 'in'; shutil.copytree(parts['root'] / 'in', root); shutil.rmtree(root / 'val' / IMAGENET100_WNIDS[7])
     return ['--out', tmp_path / 'run', *parts['inet'][:2], '--data-root', root, *parts['inet'][4:]]
+
+def _birds(tmp_path, parts, change):
+    "argv of a folder run on a copy of the tiny bird folder after `change(root)`."
+    root = tmp_path / 'birds'; shutil.copytree(parts['root'] / 'birds', root); change(root)
+    f = parts['folder']; i = f.index('--data-root')
+    return ['--out', tmp_path / 'run', *f[:i + 1], root, *f[i + 2:]]
+
+def _sd_changed(tmp_path, parts, change):
+    "argv of a folder run with a copy of the tiny SD folder after `change(sd)`."
+    sd = tmp_path / 'sd'; shutil.copytree(parts['root'] / 'sd', sd); change(sd)
+    f = parts['folder']; i = f.index('--sd-path')
+    return ['--out', tmp_path / 'run', *f[:i + 1], sd, *f[i + 2:]]
+
+def _unet_in_channels(sd, n):
+    f = sd / 'unet' / 'config.json'; f.write_text(json.dumps({**json.loads(f.read_text()), 'in_channels': n}))
 
 def _corrupt_jpeg(tmp_path, parts):
     root = tmp_path / 'in'; shutil.copytree(parts['root'] / 'in', root)
@@ -131,7 +149,22 @@ CASES = [(f"flag {' '.join(f)}", (lambda f: lambda t, p: ['--out', t / 'run', *f
     ('folder locked by a live process', _locked, 'is in use by process 1 on'),
     ('SD folder missing', lambda t, p: ['--out', t / 'run', *p['inet'][:4], '--sd-path', t / 'nope', *p['inet'][6:]], 'is neither a local folder'),
     ('SD folder without its VAE', lambda t, p: _sd_without(t, p, 'vae'), "lacks the diffusers subfolders ['vae']"),
-    ('ImageNet class folder missing', _missing_class, f"['{IMAGENET100_WNIDS[7]}']"),
+    ('ImageNet class folder missing', _missing_class, f"1 of 100 class folders are missing under"),
+    ('folder: no val/', lambda t, p: _birds(t, p, lambda r: shutil.rmtree(r / 'val')), 'has no val/ folder: put the real validation images in'),
+    ('folder: val and test with different classes', lambda t, p: _birds(t, p, lambda r: shutil.rmtree(r / 'test' / 'owl')),
+     'test/ and val/ hold different classes (only in val: owl; only in test: none)'),
+    ('folder: an empty class', lambda t, p: _birds(t, p, lambda r: [f.unlink() for f in (r / 'val' / 'owl').iterdir()]), 'owl holds no images'),
+    ('folder: an unreadable image', lambda t, p: _birds(t, p, lambda r: (r / 'test' / 'red_kite' / 'red_kite_1.JPEG').write_bytes(b'\xff\xd8 not a jpeg')),
+     'red_kite_1.JPEG cannot be read'),
+    ('folder: classes.json names a class not on disk', lambda t, p: _birds(t, p, lambda r: (r / 'classes.json').write_text('{"eagle": "an eagle"}')),
+     'names 1 class(es) with no folder under val/: eagle'),
+    ('folder: classes.json not JSON', lambda t, p: _birds(t, p, lambda r: (r / 'classes.json').write_text('{"owl": ')), 'classes.json cannot be read as JSON'),
+    ('folder: one class only', lambda t, p: _birds(t, p, lambda r: [shutil.rmtree(r / s / c) for s in ('val', 'test') for c in ('owl', 'red_kite')]),
+     'a classifier needs at least 2'),
+    ('folder: --prompt-template without {name}', lambda t, p: ['--out', t / 'run', *p['folder'], '--prompt-template', 'a photo of a {bird}'],
+     'prompt_template must be a prompt with one {name}'),
+    ('SD folder: Stable Diffusion XL', lambda t, p: _sd_changed(t, p, lambda sd: (sd / 'text_encoder_2').mkdir()), 'is a Stable Diffusion XL folder'),
+    ('SD folder: inpainting UNet', lambda t, p: _sd_changed(t, p, lambda sd: _unet_in_channels(sd, 9)), 'its UNet takes 9 input channels'),
     ('corrupt JPEG in val', _corrupt_jpeg, f'{IMAGENET100_WNIDS[3]}_0.JPEG'),
     ('pool shard truncated', _truncate_shard, 'is unreadable'),
     ('pool folder deleted', _pool_deleted, 'is missing: the run'),

@@ -1,12 +1,13 @@
 """Generators: seeding and batch-size invariance, label validation, the tiny Stable Diffusion pipeline end to end and against diffusers'
 own pipeline, the guidance memory levers, weight files."""
+import json, re, shutil
 import pytest
 import torch
 from torch import nn
 from deliberate_practice.data import digits_splits
 from deliberate_practice.generators import (DIGITS_TRAINING, SD_SUBFOLDERS, StableDiffusionGenerator, check_labels, digits_unet,
                                             initial_noise, load_digits_generator, save_digits_unet, tiny_sd_components, tiny_taesd,
-                                            train_digits_generator, DigitsGenerator)
+                                            train_digits_generator, DigitsGenerator, check_sd_folder)
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -204,7 +205,7 @@ def test_sd_matches_diffusers_pipeline(cfg_scale):
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     lab = [0, 2, 1]
-    ref = pipe([g.prompt_template.format(g.class_names[i]) for i in lab], num_inference_steps=4, guidance_scale=cfg_scale, eta=0.0,
+    ref = pipe([g.prompts[i] for i in lab], num_inference_steps=4, guidance_scale=cfg_scale, eta=0.0,
                latents=initial_noise(3, g.latent_shape, seed=2), output_type='pt').images
     ours = g.sample(lab, n_steps=4, seed=2, cfg_scale=cfg_scale)
     assert ours.shape == ref.shape == (3, 3, 16, 16)
@@ -278,3 +279,51 @@ def test_attention_untouched_unless_slicing_asked():
     assert {type(p).__name__ for p in g.unet.attn_processors.values()} == {'AttnProcessor2_0'} and not g.vae.use_slicing
     g = StableDiffusionGenerator(**tiny_sd_components(), class_names=['a'], attention_slicing='max')
     assert {type(p).__name__ for p in g.unet.attn_processors.values()} == {'SlicedAttnProcessor'} and g.vae.use_slicing
+
+
+# ---- any Stable-Diffusion-family folder: SD-2.x v-prediction, diffusers' own layout, refusals -----------------------------
+
+def test_v_prediction_matches_diffusers_pipeline():
+    "A v-prediction model (SD-2.x 768 px) samples as StableDiffusionPipeline does, exactly; reading its output as epsilon would not."
+    from diffusers import StableDiffusionPipeline
+    g = StableDiffusionGenerator(**tiny_sd_components(seed=0, prediction_type='v_prediction'), class_names=['tench', 'goldfish', 'shark'])
+    pipe = StableDiffusionPipeline(**{k: getattr(g, k) for k in SD_SUBFOLDERS}, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    lab = [2, 0, 1]
+    ref = pipe([g.prompts[i] for i in lab], num_inference_steps=4, guidance_scale=3.0, eta=0.0,
+               latents=initial_noise(3, g.latent_shape, seed=1), output_type='pt').images
+    assert (g.sample(lab, n_steps=4, seed=1, cfg_scale=3.0) - ref).abs().max() <= 1e-6
+    eps = StableDiffusionGenerator(**tiny_sd_components(seed=0), class_names=['tench', 'goldfish', 'shark'])
+    assert (eps.sample(lab, n_steps=4, seed=1, cfg_scale=3.0) - ref).abs().max() > 1e-2
+
+
+def test_saved_folder_opens_in_diffusers(sd, tmp_path):
+    "save_pretrained writes diffusers' layout with model_index.json: StableDiffusionPipeline.from_pretrained opens it."
+    from diffusers import StableDiffusionPipeline
+    sd.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / 'model_index.json').read_text())['_class_name'] == 'StableDiffusionPipeline'
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path, local_files_only=True)
+    assert pipe.unet.config.sample_size == sd.unet.config.sample_size and pipe.scheduler.config.prediction_type == 'epsilon'
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda p: (p / 'text_encoder_2').mkdir(), 'is a Stable Diffusion XL folder'),
+    (lambda p: (p / 'model_index.json').write_text('{"_class_name": "StableDiffusionXLPipeline"}'), 'StableDiffusionXLPipeline'),
+    (lambda p: shutil.move(p / 'unet', p / 'transformer'), 'holds a transformer/ denoiser'),
+    (lambda p: _edit_json(p / 'unet' / 'config.json', addition_embed_type='text_time'), "addition_embed_type 'text_time'"),
+    (lambda p: _edit_json(p / 'unet' / 'config.json', in_channels=9), 'its UNet takes 9 input channels and its VAE makes 4-channel latents'),
+])
+def test_refuses_folders_it_cannot_drive(sd, tmp_path, change, message):
+    sd.save_pretrained(tmp_path); change(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)): StableDiffusionGenerator.from_pretrained(tmp_path, ['a'])
+    assert message in check_sd_folder(tmp_path)[1][0]
+
+
+def _edit_json(f, **kw): f.write_text(json.dumps({**json.loads(f.read_text()), **kw}))
+
+
+def test_prompts_per_class():
+    g = StableDiffusionGenerator(**tiny_sd_components(), class_names=['owl', 'kite'], prompts=['an owl at night', 'a red kite'])
+    assert g.prompts == ['an owl at night', 'a red kite']
+    assert StableDiffusionGenerator(**tiny_sd_components(), class_names=['owl'], prompt_template='a {name} bird').prompts == ['a owl bird']
+    with pytest.raises(ValueError, match='one prompt per class'): StableDiffusionGenerator(**tiny_sd_components(), class_names=['owl', 'kite'], prompts=['x'])
