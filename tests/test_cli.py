@@ -107,7 +107,7 @@ def _dry(argv):
 SMALL = ['--pool-size', '20', '--patience', '2', '--epochs', '10', '--prune-frac', '0.5', '--batch-size', '10', '--mixup', '0', '--cutmix', '0']
 
 def test_dry_run_plan(imagenet_root, tmp_path):
-    "On a complete folder and tiny SD components, the plan's counts are the ones worked out by hand in 08_cli (3 refreshes of 10: 50 images, 20 steps); nothing is written."
+    "On a complete folder and tiny SD components, the plan's counts are the ones worked out by hand in 10_cli (3 refreshes of 10: 50 images, 20 steps); nothing is written."
     code, out, err = _dry(['--preset', 'imagenet100', '--data-root', imagenet_root / 'in', '--sd-path', imagenet_root / 'sd', '--device', 'cpu',
                            '--out', tmp_path / 'run', *SMALL])
     assert code == 0, err

@@ -32,7 +32,7 @@ COMMANDS = shown_commands()
 
 def test_commands_found():
     srcs = {s for s, _, _ in COMMANDS}
-    assert {'README.md', 'index.ipynb', '03_trainer.ipynb', '04_ablation.ipynb'} <= srcs, srcs
+    assert {'README.md', 'index.ipynb', '08_trainer.ipynb', '09_ablation.ipynb'} <= srcs, srcs
     assert sum(c == 'dp-train' for _, c, _ in COMMANDS) >= 6 and sum(c == 'dp-reproduce' for _, c, _ in COMMANDS) >= 6
 
 def _printed(fn, *a, **kw):

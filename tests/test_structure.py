@@ -1,0 +1,56 @@
+"""The package's shape: the index diagram is the real import graph, notebooks import only earlier notebooks' modules."""
+import ast, json, re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG, NBS = ROOT / 'deliberate_practice', ROOT / 'nbs'
+
+
+def _imported(node, tree)->list:
+    "The package modules an import statement names."
+    if isinstance(node, ast.ImportFrom):
+        if node.level == 1: return [node.module.split('.')[0]] if node.module else [a.name for a in node.names]
+        if node.module and node.module.startswith('deliberate_practice.'): return [node.module.split('.')[1]]
+        if node.module == 'deliberate_practice': return [a.name for a in node.names]
+    if isinstance(node, ast.Import): return [a.name.split('.')[1] for a in node.names if a.name.startswith('deliberate_practice.')]
+    return []
+
+
+def module_imports()->dict:
+    "{module: (modules imported at module level, modules imported inside a function only)} of the package."
+    out = {}
+    for p in sorted(PKG.glob('*.py')):
+        if p.stem.startswith('_'): continue
+        tree = ast.parse(p.read_text()); top, lazy = set(), set()
+        for node in ast.walk(tree):
+            for m in _imported(node, tree): (top if node in tree.body else lazy).add(m)
+        out[p.stem] = (top - {p.stem}, lazy - top - {p.stem})
+    return out
+
+
+def mermaid(imports:dict)->str:
+    "The dependency diagram: `a --> b` when b imports a at module level, `a -.-> b` when only inside a function."
+    edges = sorted((a, b, '-->') for b, (top, _) in imports.items() for a in top) + sorted((a, b, '-.->') for b, (_, lazy) in imports.items() for a in lazy)
+    return '\n'.join(['graph LR'] + [f'  {a} {arrow} {b}' for a, b, arrow in edges])
+
+
+def test_index_diagram_is_the_import_graph():
+    src = '\n'.join(''.join(c['source']) for c in json.loads((NBS / 'index.ipynb').read_text())['cells'] if c['cell_type'] == 'markdown')
+    drawn = re.search(r'```mermaid\n(.*?)\n```', src, re.S).group(1).strip()
+    assert drawn == mermaid(module_imports()), f"the index diagram is out of date; it should read:\n```mermaid\n{mermaid(module_imports())}\n```"
+
+
+def test_notebooks_import_only_earlier_notebooks():
+    "Each notebook (exported code, examples and tests alike) uses only modules whose notebooks come before it."
+    number, cells = {}, {}
+    for p in sorted(NBS.glob('[0-9][0-9]_*.ipynb')):
+        srcs = [''.join(c['source']) for c in json.loads(p.read_text())['cells'] if c['cell_type'] == 'code']
+        mod = next(re.search(r'#\|\s*default_exp\s+(\w+)', s).group(1) for s in srcs if re.search(r'#\|\s*default_exp', s))
+        number[mod], cells[mod] = int(p.name[:2]), srcs
+    assert sorted(number) == sorted(module_imports()), "one notebook per module"
+    late = {}
+    for mod, srcs in cells.items():
+        used = {m for s in srcs for node in ast.walk(ast.parse(re.sub(r'(?m)^\s*[!%].*$', '', s))) for m in _imported(node, None)}
+        bad = sorted(m for m in used - {mod} if number.get(m, -1) > number[mod])
+        if bad: late[mod] = bad
+    assert not late, f"notebooks import modules of later notebooks: {late}"
