@@ -23,7 +23,9 @@ import matplotlib.pyplot as plt
 import torch
 from scipy import stats
 from fastprogress.fastprogress import progress_bar
-from .trainer import DPConfig, DPTrainer, PRESETS, atomic_write, CHECKPOINT, distributed_state, run_device, digits_weights, build_parts
+from .trainer import DPConfig, DPTrainer, PRESETS
+from .generators import digits_weights, build_parts
+from .store import atomic_write, CHECKPOINT, distributed_state, run_device
 from .data import dataset_entry
 
 # %% ../nbs/09_ablation.ipynb #9b1b129f
@@ -44,6 +46,7 @@ PAPER_TABLE1 = {
 SEEDS = tuple(range(1, 10))              # the reported seeds: never used for tuning
 TUNING_SEEDS = tuple(range(0, 80, 10))   # the seeds every setting was chosen on
 
+# %% ../nbs/09_ablation.ipynb #f25d2237
 def row_kind(row:str)->str:
     "'static', 'dp', 'random' or 'real': the part of a row's name before the first dash."
     return row.split('-')[0]
@@ -55,7 +58,7 @@ def _row_settings(row:str, patience:dict)->dict:
     kw = dict(scheduler=sched, prune_frac=prune / 100)
     if row_kind(row) in ('static', 'real'): return dict(kw, selection='none')
     kw['patience'] = patience[pat]
-    return dict(kw, selection='entropy') if row_kind(row) == 'dp' else dict(kw, selection='random', omega=0.0)
+    return dict(kw, selection='easiest') if row_kind(row) == 'dp' else dict(kw, selection='random', omega=0.0)
 
 # %% ../nbs/09_ablation.ipynb #1b929fa0
 SCALES = PRESETS                                          # the trainer's table: each scale's dp-p8-100 row
@@ -84,6 +87,7 @@ def preset(row:str,             # one of `ROWS`, or `REAL_ROW`
 # %% ../nbs/09_ablation.ipynb #feebaca5
 PRESET_FIELDS = ('scheduler', 'patience', 'prune_frac', 'selection', 'omega', 'cfg_scale', 'cfg_scale_init', 'pool_size', 'epochs', 'lr', 'batch_size', 'model')
 
+# %% ../nbs/09_ablation.ipynb #3363c8ba
 def presets_markdown(scale:str='digits', # one of `SCALES`
                      **overrides,        # passed to `preset` (e.g. data paths for ImageNet)
                     )->str:              # a markdown table, one line per row
@@ -99,30 +103,37 @@ def presets_markdown(scale:str='digits', # one of `SCALES`
 RESULT = 'result.json'
 HISTORY_KEYS = ('epoch', 'n_generated', 'val_acc', 'test_acc')
 
+# %% ../nbs/09_ablation.ipynb #346c56cd
 def run_dir(out, row:str, seed:int)->Path: return Path(out) / 'runs' / f'{row}-s{seed}'
 
+# %% ../nbs/09_ablation.ipynb #75e22cde
 def scale_parts(cfg:DPConfig)->tuple:
     "(generator, data) for `cfg.dataset`, on this process's device (bound first): loaded once, shared by every row of a reproduction."
     return build_parts(cfg, run_device(cfg))                  # binds this process to its GPU before any weight is loaded
 
+# %% ../nbs/09_ablation.ipynb #cb21c816
 def pool_key(cfg:DPConfig)->tuple:
     "What the initial pool depends on: rows with the same key start from the same images."
     return (cfg.dataset, cfg.digits_generator, cfg.seed, cfg.pool_size, cfg.cfg_scale_init, cfg.n_steps, cfg.gen_batch_size, cfg.sd_path, cfg.image_size)
 
+# %% ../nbs/09_ablation.ipynb #18c93f63
 def initial_pool(cfg:DPConfig, generator, data)->tuple:
     "(the initial pool `DPTrainer` builds for `cfg`, seconds it took): generated once per seed and shared by the rows."
     t = DPTrainer(cfg, generator=generator, data=data)
     t.build_pool()
     return t.pool, t.wall_s
 
+# %% ../nbs/09_ablation.ipynb #a7f53d77
 def _generator_meta(cfg:DPConfig)->dict:
     p = digits_weights(cfg.digits_generator).with_suffix('.json')
     return json.loads(p.read_text()) if p.exists() else {}
 
+# %% ../nbs/09_ablation.ipynb #1bc74178
 def has_real(cfg:DPConfig)->bool:
     "Whether `cfg`'s digits generator records the real images it was trained on (so `REAL_ROW` can run)."
     return dataset_entry(cfg.dataset).generator == 'digits' and 'real_subset' in _generator_meta(cfg)
 
+# %% ../nbs/09_ablation.ipynb #79c11fbe
 def real_images(cfg:DPConfig)->tuple:
     "(x, y): the real images `cfg`'s digits generator was trained on, as its weights' json records them (`real_subset`)."
     from deliberate_practice.data import digits_splits, digits_per_class
@@ -131,12 +142,14 @@ def real_images(cfg:DPConfig)->tuple:
     rs = _generator_meta(cfg)['real_subset']
     return digits_per_class(digits_splits(seed=rs['splits_seed'])[rs['split']], rs['k'], seed=rs['seed'])
 
+# %% ../nbs/09_ablation.ipynb #22f079b5
 def real_pool(cfg:DPConfig)->tuple:
     "(a `Pool` of `real_images(cfg)` with nothing generated, 0 seconds): the starting point of `REAL_ROW`."
     from deliberate_practice.pool import Pool
     x, y = real_images(cfg)
     return Pool(x, y, n_generated=0), 0.0
 
+# %% ../nbs/09_ablation.ipynb #f37a8b5d
 def _result(row, seed, trainer)->dict:
     fin = trainer.final()
     return dict(row=row, seed=seed, val_acc=fin['val_acc'], test_acc=fin['test_acc'], best_val_acc=fin['best_val_acc'], n_generated=fin['n_generated'],
@@ -155,7 +168,7 @@ def run_row(cfg:DPConfig,        # the row's configuration (from `preset`)
     d, state = run_dir(out, row, cfg.seed), distributed_state(cfg)
     if (d / RESULT).exists():
         res = json.loads((d / RESULT).read_text())
-        if res['config'] != cfg.to_dict(): raise ValueError(f"out {str(out)!r} holds {row} seed {cfg.seed} run with another config; use another --out")
+        if DPConfig.from_dict(res['config']).to_dict() != cfg.to_dict(): raise ValueError(f"out {str(out)!r} holds {row} seed {cfg.seed} run with another config; use another --out")
         return res
     if generator is None or data is None: generator, data = scale_parts(cfg)
     if (d / CHECKPOINT).exists():
@@ -200,6 +213,7 @@ def _mean_std(v):
     v = np.asarray(v, dtype=float)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
+# %% ../nbs/09_ablation.ipynb #f7ebd383
 def summarize(results:list, # one dict per (row, seed), as in results.json
              )->dict:       # row -> dict(n_seeds, val=(mean, std), test=(mean, std), n_generated=(mean, std), wall_s=(mean, std))
     "Mean and standard deviation over seeds of each row's final accuracies, images generated and wall time, in `ROWS` order."
@@ -216,6 +230,7 @@ def images_seen(history:list)->list:
     first = history[0]['n_generated'] if history else 0
     return [first] + [h['n_generated'] for h in history[:-1]]
 
+# %% ../nbs/09_ablation.ipynb #cde47354
 def mean_curve(results:list, row:str)->dict:
     "Mean over seeds, epoch by epoch, of `images_seen`, val and test accuracy of `row` (arrays over the common epochs; NaN at epochs without a test, `test_every`)."
     rs = [r for r in results if r['row'] == row]
@@ -239,6 +254,7 @@ def efficiency(results:list,               # results.json contents
     return dict(dp_row=dp_row, ref_row=ref_row, target_val_acc=target, ref_images=ref_images, ref_epoch=i + 1,
                 dp_images=dp_images, dp_epoch=dp_epoch, ratio=dp_images / ref_images)
 
+# %% ../nbs/09_ablation.ipynb #34434a4d
 def _dp_efficiencies(results:list)->tuple:
     "(`efficiency` of every DP row in `results`, the one with the lowest ratio or None); ([], None) without random regeneration."
     rows = summarize(results)
@@ -270,6 +286,7 @@ def verdict(lo:float,             # lower end of the confidence interval
     if not higher: lo, hi, null = -hi, -lo, -null
     return 'holds' if lo > null else 'fails' if hi < null else 'tie'
 
+# %% ../nbs/09_ablation.ipynb #6079d15e
 def paired_ci(results:list, # result dicts (results.json contents)
               row:str,      # the row claimed better, e.g. 'dp-p8-100'
               ref:str,      # e.g. 'random-p8-100'
@@ -292,6 +309,7 @@ def seed_share(dp_history:list,   # one seed's history of the DP row
     hit = next((j for j, h in enumerate(dp_history) if h['val_acc'] >= ref_val[i] - 1e-9), None)
     return math.inf if hit is None else images_seen(dp_history)[hit] / images_seen(ref_history)[i]
 
+# %% ../nbs/09_ablation.ipynb #82e9c807
 def image_share(results:list,              # result dicts with histories
                 dp_row:str='dp-p8-100',    # the DP row
                 ref_row:str='random-p8-100', # the reference: random regeneration
@@ -310,6 +328,7 @@ def image_share(results:list,              # result dicts with histories
 # %% ../nbs/09_ablation.ipynb #051f3e35
 CLAIMS = ('WSD - cosine', 'DP-100 - random', 'best DP - static WSD', 'image share')
 
+# %% ../nbs/09_ablation.ipynb #d464f9c0
 def claims(results:list,         # results.json contents
            conf:float=0.95,      # confidence level
           )->list:               # one dict per claim whose rows ran: claim, row, ref, estimate, lo, hi, verdict, n_seeds (+ the `paired_ci` / `image_share` keys)
@@ -331,6 +350,7 @@ def claims(results:list,         # results.json contents
 # %% ../nbs/09_ablation.ipynb #3ba43214
 def _num(v, fmt): return 'never' if v == math.inf else '-' if math.isnan(v) else format(v, fmt)
 
+# %% ../nbs/09_ablation.ipynb #0ba6a521
 def claims_markdown(results:list, conf:float=0.95)->str:
     "The `claims` of `results` as a markdown table, with every DP row's median image share under it."
     cs = claims(results, conf)
@@ -349,6 +369,7 @@ def claims_markdown(results:list, conf:float=0.95)->str:
 # %% ../nbs/09_ablation.ipynb #5dc7b38b
 def _pm(ms, scale=100): return f'{ms[0] * scale:.2f} ± {ms[1] * scale:.2f}'
 
+# %% ../nbs/09_ablation.ipynb #ecc99841
 def table1_markdown(results:list,           # results.json contents
                     title:str='',           # a heading line above the table
                     conf:float=0.95,        # confidence level of the claims' intervals
@@ -369,6 +390,7 @@ def table1_markdown(results:list,           # results.json contents
                      "holds: the interval excludes no effect on the claimed side; fails: on the other side; tie: it contains no effect.", '', cm]
     return '\n'.join(lines)
 
+# %% ../nbs/09_ablation.ipynb #87a4c5b6
 def _patience_of(results, row, paper):
     "The patience the row ran with (this scale's), with the paper's in brackets when it differs."
     p = next((r['config'].get('patience') for r in results if r['row'] == row and r.get('config')), None)
@@ -383,6 +405,7 @@ def budget_curve(history:list,  # one run's history
     i = np.searchsorted(imgs, np.asarray(grid, float), side='right') - 1
     return np.where(i >= 0, best[np.clip(i, 0, None)], np.nan)
 
+# %% ../nbs/09_ablation.ipynb #21e4ab98
 def budget_band(results:list, row:str, grid, conf:float=0.95)->tuple:
     "(mean, lo, hi) over the seeds of `row` of its `budget_curve` on `grid`: the mean and its `conf` t-interval."
     v = np.array([budget_curve(r['history'], grid) for r in results if r['row'] == row])
@@ -429,8 +452,10 @@ def plot_scaling(results:list,           # results.json contents
 RESULTS, TABLE, FIGURE = 'results.json', 'results.md', 'scaling.png'
 WRITE_EVERY = 60   # seconds between rewrites of the table and the figure during a reproduction
 
+# %% ../nbs/09_ablation.ipynb #3b17813e
 def _dump(results): return '[\n' + ',\n'.join(json.dumps(r) for r in results) + '\n]\n'
 
+# %% ../nbs/09_ablation.ipynb #720d109d
 def write_outputs(results:list,   # one dict per (row, seed)
                   out,            # folder
                   title:str='',   # heading of the table and the figure
@@ -446,12 +471,14 @@ def write_outputs(results:list,   # one dict per (row, seed)
         atomic_write(out / FIGURE, lambda p: fig.savefig(p, format='png', dpi=110, bbox_inches='tight'))
         plt.close(fig)
 
+# %% ../nbs/09_ablation.ipynb #b88c4fe0
 def load_results(out)->list:
     "The list in `out/results.json`."
     p = Path(out) / RESULTS
     if not p.exists(): raise ValueError(f"out has no {RESULTS} to redraw from, got {str(out)!r}: run dp-reproduce without --plot first")
     return json.loads(p.read_text())
 
+# %% ../nbs/09_ablation.ipynb #4ba7e981
 def redraw(out, title:str=None):
     "Rewrite `results.md` and `scaling.png` from `out/results.json`, without training."
     res = load_results(out)
@@ -462,19 +489,24 @@ def redraw(out, title:str=None):
 # %% ../nbs/09_ablation.ipynb #bb294b74
 def _title(scale, seeds, quick): return f"{scale}{' --quick' if quick else ''}, seeds {' '.join(map(str, seeds))}"
 
+# %% ../nbs/09_ablation.ipynb #d3659208
 _RUNS = None   # a worker process's `Runs`
 
+# %% ../nbs/09_ablation.ipynb #93abc5c3
 def _worker_init(generator, data, threads):
     global _RUNS
     torch.set_num_threads(threads)
     _RUNS = Runs(generator, data)
 
+# %% ../nbs/09_ablation.ipynb #45b85eac
 def _worker_run(cfg, row, out): return _RUNS(cfg, row, out)
 
+# %% ../nbs/09_ablation.ipynb #b6130d04
 def usable_cores()->int:
     "CPU cores this process may run on."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
+# %% ../nbs/09_ablation.ipynb #845d69a9
 def reproduce(scale:str='digits',     # one of `SCALES`
               seeds=SEEDS,            # one run per row and seed
               rows=ROWS,              # rows of Table 1 (and `REAL_ROW`)
@@ -529,6 +561,7 @@ def _parse_value(s:str):
     try: return json.loads(s)
     except json.JSONDecodeError: return s
 
+# %% ../nbs/09_ablation.ipynb #1d2510b4
 def parse_overrides(items:list)->dict:
     "`['omega=0.2', 'model=test_vit']` -> `{'omega': 0.2, 'model': 'test_vit'}`; values read as json, else as strings."
     kw = {}
@@ -539,17 +572,20 @@ def parse_overrides(items:list)->dict:
         kw[k] = _parse_value(v)
     return kw
 
+# %% ../nbs/09_ablation.ipynb #5fcbd12c
 def _parse_seeds(seeds)->list:
     try: s = [int(x) for x in seeds]
     except (TypeError, ValueError): raise ValueError(f"seeds must be integers >= 0, got {' '.join(map(str, seeds))!r}") from None
     if not s or min(s) < 0 or len(set(s)) != len(s): raise ValueError(f"seeds must be distinct integers >= 0, got {' '.join(map(str, seeds))!r}")
     return s
 
+# %% ../nbs/09_ablation.ipynb #ef5628e3
 def _parse_rows(rows)->list:
     bad = [r for r in rows if r not in ROWS + (REAL_ROW,)]
     if bad or not rows or len(set(rows)) != len(rows): raise ValueError(f"rows must be distinct names from {', '.join(ROWS + (REAL_ROW,))}; got {' '.join(rows)!r}")
     return list(rows)
 
+# %% ../nbs/09_ablation.ipynb #11e42bee
 def scale_rows(scale:str='digits', **overrides)->list:
     "The rows `dp-reproduce` runs by default: Table 1's, and `REAL_ROW` when the scale's generator records its real images."
     return list(ROWS) + ([REAL_ROW] if has_real(preset('static-wsd', scale, **overrides)) else [])
@@ -603,6 +639,7 @@ def reproduce_command(scale:str='digits',  # digits (CPU), digits-k10, imagenet1
     if not quiet: print(f"{len(res)} runs in {time.perf_counter() - t0:.0f} s")
     _report(res, quiet)
 
+# %% ../nbs/09_ablation.ipynb #72727406
 def _report(res, quiet):
     if not quiet and res: print(table1_markdown(res))
 
@@ -622,6 +659,7 @@ def sweep(grid:dict,                  # setting name -> DPConfig overrides, e.g.
         records += sweep_records(name, res)
     return records
 
+# %% ../nbs/09_ablation.ipynb #a347479f
 def sweep_records(name:str, results:list)->list:
     "The per-row summary of one setting's `results`."
     recs = []
@@ -636,6 +674,7 @@ FULL_K = 90                                                           # the ship
 COVERAGE_KS = (3, 10, 30, FULL_K)
 COVERAGE_ROWS = ('static-wsd', 'dp-p8-100', 'random-p8-100', REAL_ROW)
 
+# %% ../nbs/09_ablation.ipynb #dd1a0188
 def train_k_generator(k:int,              # real images per class of the gen split
                       path,               # file stem to write (`save_digits_unet`)
                       seed:int=0,         # picks the images (`digits_per_class`)
@@ -651,6 +690,7 @@ def train_k_generator(k:int,              # real images per class of the gen spl
                             data=f"deliberate_practice.data.digits_per_class(digits_splits(seed=0)['gen'], k={k}, seed={seed}) ({len(y)} images), scaled to [-1, 1]",
                             made_with=dict(train_wall_s=round(time.perf_counter() - t0), torch_threads=torch.get_num_threads()))
 
+# %% ../nbs/09_ablation.ipynb #c89b9ab5
 def coverage_generator(k:int, cache)->str:
     "The `digits_generator` for `k` real digits per class: the shipped one at `FULL_K`, a shipped `digits_unet_k{k}`, or one trained once into `cache`."
     if k == FULL_K: return 'digits_unet'
@@ -663,6 +703,7 @@ def coverage_generator(k:int, cache)->str:
 # %% ../nbs/09_ablation.ipynb #257d7904
 COVERAGE_RESULTS, COVERAGE_TABLE, COVERAGE_FIGURE = 'coverage.json', 'coverage.md', 'coverage.png'
 
+# %% ../nbs/09_ablation.ipynb #9ea559a7
 def coverage_sweep(ks=COVERAGE_KS,          # real digits per class of each generator
                    seeds=SEEDS,             # one run per row, seed and k
                    rows=COVERAGE_ROWS,      # rows at each k (`REAL_ROW` only where the generator records its images)
@@ -684,11 +725,13 @@ def coverage_sweep(ks=COVERAGE_KS,          # real digits per class of each gene
         plt.close(fig)
     return res
 
+# %% ../nbs/09_ablation.ipynb #00ea3f81
 def _mean_ci(v, conf=0.95)->tuple:
     "(mean, half-width of the `conf` t-interval) of `v`."
     m, sd = _mean_std(v)
     return m, stats.t.ppf((1 + conf) / 2, len(v) - 1) * sd / math.sqrt(len(v)) if len(v) > 1 else math.nan
 
+# %% ../nbs/09_ablation.ipynb #1a491b5b
 def coverage_markdown(results:list, conf:float=0.95)->str:
     "Mean test accuracy (percent, ± the `conf` half-width) of each row at each k, and DP's paired gains over random regeneration and the static pool."
     ks, rows = sorted({r['k'] for r in results}), [r for r in COVERAGE_ROWS + ROWS if r in {x['row'] for x in results}]
@@ -702,6 +745,7 @@ def coverage_markdown(results:list, conf:float=0.95)->str:
                      + f" | {gap('dp-p8-100', 'random-p8-100')} | {gap('dp-p8-100', 'static-wsd')} |")
     return '\n'.join(lines)
 
+# %% ../nbs/09_ablation.ipynb #eba542cf
 def plot_coverage(results:list, conf:float=0.95):
     "Test accuracy against the real digits per class the generator saw: one line per row, mean over seeds with a `conf` band."
     fig, ax = plt.subplots(figsize=(6.5, 4.5))

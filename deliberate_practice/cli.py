@@ -21,19 +21,23 @@ class _OneLineParser(argparse.ArgumentParser):
     "Errors as one line on stderr, exit status 2 (argparse prints the usage too)."
     def error(self, message): self.exit(2, f"{self.prog}: error: {message}\n")
 
+# %% ../nbs/10_cli.ipynb #4157fcbc
 CHOICES = dict(selection=SELECTIONS, score_metric=SCORE_METRICS, scheduler=SCHEDULERS, dataset=tuple(DATASETS), mixed_precision=PRECISIONS)
 
+# %% ../nbs/10_cli.ipynb #8ae09c1a
 def flag_names(name:str)->list:
     "Both spellings of the flag of `name`: `['--prune-frac', '--prune_frac']`."
     dashed = '--' + name.replace('_', '-')
     return [dashed] + (['--' + name] if '_' in name else [])
 
+# %% ../nbs/10_cli.ipynb #4105158e
 def presets_help()->str:
     "What each preset changes from the `DPConfig` defaults, for `--help`."
     changes = lambda kw: ', '.join(f'{k}={v}' for k, v in kw.items() if getattr(DPConfig, k) != v) or 'nothing: the defaults above are the digits run'
     return 'presets (what each changes in the defaults above):\n' + '\n'.join(
         textwrap.fill(changes(kw), 100, initial_indent=f'  {n}: ', subsequent_indent=' ' * 4) for n, kw in PRESETS.items())
 
+# %% ../nbs/10_cli.ipynb #067ee039
 def build_parser()->argparse.ArgumentParser:
     "The `dp-train` parser: run flags (`--out`, `--resume`, `--preset`, `--config`, ...) and one flag per `DPConfig` field, each in both spellings."
     p = _OneLineParser(prog='dp-train', description='Train a classifier with Deliberate Practice on synthetic data.', epilog=presets_help(),
@@ -65,6 +69,7 @@ def _convert(name:str, s, tp):
     try: return tp(s)
     except ValueError: raise ValueError(f"{name} must be {TYPE_NAMES[tp]}, got {s!r}") from None
 
+# %% ../nbs/10_cli.ipynb #7a050d3f
 def parse_args(argv:list=None)->tuple:  # command-line arguments (default: sys.argv[1:])
     "`(config overrides, namespace)`: the typed `DPConfig` fields given on the command line, and all flags."
     ns = build_parser().parse_args(argv)
@@ -89,6 +94,7 @@ class LineReporter:
                     + (f"done in {_duration(now - self.t0)}" if self.done == self.total else f"{_duration(eta)} left"))
         self.last_t, self.last_done = now, self.done
 
+# %% ../nbs/10_cli.ipynb #65e79724
 def _duration(s:float)->str: return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 # %% ../nbs/10_cli.ipynb #32768d7e
@@ -111,8 +117,10 @@ def _one_line(e)->str:
     lines = [l for l in str(e).strip().splitlines() if l.strip()] or [type(e).__name__]
     return lines[-1] if len(lines) > 1 and lines[0].startswith('Caught ') else ' '.join(l.strip() for l in lines)
 
+# %% ../nbs/10_cli.ipynb #6d54c7a5
 def _fail(e, prog='dp-train'): sys.stderr.write(f"{prog}: error: {_one_line(e)}\n"); sys.exit(2)
 
+# %% ../nbs/10_cli.ipynb #3d404fcb
 def _warn_nonfinite(trainer, row):
     "A line on stderr when a refresh dropped more than 1% of its guidance gradients as NaN/inf, or could not score some pool images."
     if row['n_guided'] and row['n_nonfinite'] > 0.01 * row['n_guided']:
@@ -122,29 +130,34 @@ def _warn_nonfinite(trainer, row):
         print(f"dp-train: warning: epoch {row['epoch']}: the classifier scored {row['n_nonfinite_scores']} pool images NaN/inf; they were pruned first",
               file=sys.stderr, flush=True)
 
+# %% ../nbs/10_cli.ipynb #c7b08272
 def _print_row(trainer, row):
     test = '-' if row['test_acc'] is None else f"{row['test_acc']:.4f}"
     print(f"epoch {row['epoch']:>3}/{trainer.cfg.epochs}  val {row['val_acc']:.4f}  test {test}  "
           f"n_generated {row['n_generated']}  refreshes {row['refreshes']}  {row['wall_s']:.1f}s", flush=True)
 
+# %% ../nbs/10_cli.ipynb #0682214e
 class CurvesWriter:
     "A callback redrawing `curves.png` at most every `every_s` seconds (a long run's figure stays fresh; a short run draws it once, at the end)."
     def __init__(self, out, every_s:float=120.): self.out, self.every_s, self.last = Path(out), every_s, time.monotonic()
     def __call__(self, trainer, row):
         if time.monotonic() - self.last < self.every_s: return
-        from deliberate_practice.trainer import plot_curves, CURVES
+        from deliberate_practice.store import plot_curves, CURVES
         plot_curves(trainer.history, self.out / CURVES); self.last = time.monotonic()
 
+# %% ../nbs/10_cli.ipynb #154da7e5
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     "A Python warning as one `dp-train: warning: ...` line on stderr."
     print(f"dp-train: warning: {message}", file=sys.stderr, flush=True)
 
+# %% ../nbs/10_cli.ipynb #f67cc85f
 def resolve_config(kw:dict, ns)->DPConfig:
     "The run's configuration: the checkpoint's with `--resume` (flags must agree with it), else `--preset` (default: `--dataset`'s, else digits) under `--config` under the flags."
     if str(ns.out).strip() == '': raise ValueError(f"out must be a folder path, got {ns.out!r}")
     out, kw = Path(ns.out), {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}), **kw}
     if getattr(ns, 'resume', False):
-        from deliberate_practice.trainer import DPTrainer, CHECKPOINT     # reads the checkpoint: torch
+        from deliberate_practice.trainer import DPTrainer
+        from deliberate_practice.store import CHECKPOINT     # reads the checkpoint: torch
         if not (out / CHECKPOINT).exists(): raise ValueError(f"--resume: out {str(out)!r} holds no {CHECKPOINT} to resume from; start the run without --resume")
         saved = DPTrainer.saved_config(out)
         diff = [f"{k} is {getattr(saved, k)!r} in the checkpoint, got {v!r}" for k, v in kw.items() if getattr(saved, k) != v]
@@ -152,6 +165,7 @@ def resolve_config(kw:dict, ns)->DPConfig:
         return saved
     return preset(getattr(ns, 'preset', kw.get('dataset', 'digits')), **kw)
 
+# %% ../nbs/10_cli.ipynb #a4165806
 def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
     "Console script: run (or resume) Deliberate Practice training into `--out` (`history.jsonl`, `final.json`, `checkpoint.pt`)."
     import warnings
@@ -164,7 +178,8 @@ def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
             if ns.threads < 1: raise ValueError(f"threads must be >= 1, got {ns.threads}")
             import torch; torch.set_num_threads(ns.threads)
         if getattr(ns, 'dry_run', None): return _report_dry_run(*dry_run(cfg, ns.out, getattr(ns, 'resume', False), ns.dry_run == 'timed', getattr(ns, 'memory_limit', None)))
-        from deliberate_practice.trainer import DPTrainer, distributed_state, open_run_folder, plot_curves, CURVES
+        from deliberate_practice.trainer import DPTrainer
+        from deliberate_practice.store import distributed_state, open_run_folder, plot_curves, CURVES
         out, resume, tb, quiet = Path(ns.out), getattr(ns, 'resume', False), getattr(ns, 'tensorboard', False), getattr(ns, 'quiet', False)
         main = distributed_state(cfg).is_main_process
         if main:                                                       # before any model is loaded: bad --out, a busy or finished folder, a full disk
@@ -191,6 +206,7 @@ def refresh_schedule(cfg:DPConfig)->list:
             out.append(e); wait, patience = 0, patience + cfg.patience_growth
     return out
 
+# %% ../nbs/10_cli.ipynb #6dcd2710
 def plan_counts(cfg:DPConfig, world:int=1)->dict:
     "Images to generate (initial, the most refreshes add, guided), refreshes, optimizer steps of `cfg` on `world` processes."
     n, added, epochs = cfg.pool_size, [], refresh_schedule(cfg)
@@ -199,7 +215,7 @@ def plan_counts(cfg:DPConfig, world:int=1)->dict:
         if cfg.grow: n += k
     spe = steps_per_epoch(cfg)
     return dict(initial_images=cfg.pool_size, max_refreshes=len(added), max_refresh_images=sum(added), max_images=cfg.pool_size + sum(added),
-                max_guided_images=sum(added) if cfg.omega > 0 and cfg.selection == 'entropy' else 0, refresh_epochs=epochs,
+                max_guided_images=sum(added) if cfg.omega > 0 and cfg.selection == 'easiest' else 0, refresh_epochs=epochs,
                 steps_per_epoch=spe, optimizer_steps=spe * cfg.epochs, batch_per_process=cfg.batch_size // world)
 
 # %% ../nbs/10_cli.ipynb #f9350cbe
@@ -212,6 +228,7 @@ UNET_MIB_PER_LATENT_PX = 130.3 / 64 ** 2
 # other classifiers are counted on the meta device by `activation_bytes`, an upper bound (attention materialised, a tensor saved by two ops counted twice)
 TRAIN_MIB_PER_IMAGE = {'vit_base_patch16_224': 113.3}
 
+# %% ../nbs/10_cli.ipynb #b8b435d4
 def activation_bytes(model, x)->int:
     "Bytes autograd keeps for the backward pass of `model(x)` (weights excluded): run it on the meta device to count without computing."
     import torch
@@ -256,7 +273,7 @@ def estimate_memory(cfg:DPConfig, n_classes:int, sd_configs:dict=None, world:int
     per_view = 0 if sd_configs is None else (lambda a, b: (a * latent_px + b) * MIB * sd_bytes / 2)(*GUIDANCE_VIEW_MIB[
         'taesd' if cfg.guidance_decoder else 'vae, checkpointed' if cfg.gradient_checkpointing else 'vae'])
     unet_act = 0 if sd_configs is None else UNET_MIB_PER_LATENT_PX * latent_px * MIB * sd_bytes / 2 * gen_batch
-    view = per_view * (cfg.guidance_batch_size or gen_batch) if cfg.omega > 0 and cfg.selection == 'entropy' else 0
+    view = per_view * (cfg.guidance_batch_size or gen_batch) if cfg.omega > 0 and cfg.selection == 'easiest' else 0
     weights = gen_params * sd_bytes + clf_state
     g = lambda b: round(b / GIB, 2)
     return dict(training_gib=g(weights + train_act), generation_gib=g(weights + unet_act + view), weights_gib=g(weights),
@@ -294,10 +311,12 @@ def disk_needed_gib(cfg:DPConfig, classifier_params:int)->float:
     pool = 0 if e.in_memory else 2 * cfg.pool_size * e.channels * (cfg.image_size or e.image_size) ** 2
     return round((pool + classifier_params * (12 + (4 if cfg.ema_decay else 0))) / GIB, 2)
 
+# %% ../nbs/10_cli.ipynb #00ba3f8d
 def classifier_params(cfg:DPConfig)->int:
     "Parameters of the run's classifier, counted on the meta device (no weights made)."
     return sum(p.numel() for p in meta_classifier(cfg)[0].parameters())
 
+# %% ../nbs/10_cli.ipynb #a900697a
 def check_disk(cfg:DPConfig, out, classifier_params:int)->list:
     "A problem line if the file system under `out` has less free space than the run needs, else []."
     import shutil
@@ -313,7 +332,8 @@ def dry_run(cfg:DPConfig, out, resume:bool=False, timed:bool=False, memory_limit
     from accelerate import PartialState
     from deliberate_practice.data import dataset_entry
     from deliberate_practice.generators import check_sd_folder, SD_CONFIGS
-    from deliberate_practice.trainer import CHECKPOINT, RUN_ARTEFACTS, build_parts
+    from deliberate_practice.generators import build_parts
+    from deliberate_practice.store import CHECKPOINT, RUN_ARTEFACTS
     problems, out = [], Path(out)
     if out.exists() and not out.is_dir(): problems.append(f"out {out} is a file, not a folder: choose another --out")
     elif resume and not (out / CHECKPOINT).exists(): problems.append(f"--resume: out {out} holds no {CHECKPOINT} to resume from")
@@ -394,6 +414,7 @@ def build_reproduce_parser()->argparse.ArgumentParser:
 # %% ../nbs/10_cli.ipynb #105c1ad5
 REPRODUCE_ARGS = ('scale', 'seeds', 'rows', 'out', 'quick', 'plot', 'coverage', 'data_root', 'sd_path', 'model', 'device', 'workers', 'threads', 'quiet', 'print_config')
 
+# %% ../nbs/10_cli.ipynb #68b0ff56
 def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1:])
     "Console script: `ablation.reproduce_command` from the command line; `--config` fields go under `--overrides`; one-line errors, exit status 2."
     ns = build_reproduce_parser().parse_args(argv)

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['DIGITS_CLASSES', 'IMAGENET100_WNIDS', 'IMAGENET1K_WNIDS', 'IMAGENET_SUBSETS', 'CLASSES_JSON', 'DATASETS',
-           'digits_splits', 'digits_per_class', 'imagenet_class_names', 'WnidImageFolder', 'imagenet_folder',
-           'imagenet_splits', 'check_imagenet', 'class_prompts', 'folder_classes', 'check_folder', 'folder_splits',
-           'DatasetEntry', 'register_dataset', 'dataset_entry']
+           'check_labels', 'balanced_labels', 'as_dataset', 'digits_splits', 'digits_per_class', 'imagenet_class_names',
+           'WnidImageFolder', 'imagenet_folder', 'imagenet_splits', 'check_imagenet', 'class_prompts', 'folder_classes',
+           'check_folder', 'folder_splits', 'DatasetEntry', 'register_dataset', 'dataset_entry']
 
 # %% ../nbs/03_data.ipynb #3e9cb684
 import json, warnings
@@ -15,17 +15,51 @@ from pathlib import Path
 from typing import Callable
 import numpy as np
 import torch
+from torch import Tensor
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from timm.data import ImageNetInfo
+from torch.utils.data import Dataset, TensorDataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 from torchvision.transforms import v2
 from . import config
 
+# %% ../nbs/03_data.ipynb #1e065f9c
+def check_labels(labels,              # class indices: list, numpy array or tensor
+                 n_classes:int=None,  # number of classes (None: no upper bound)
+                )->Tensor:            # int64 (B,) tensor on the CPU
+    "Validate `labels` and return them as a LongTensor."
+    t = torch.as_tensor(labels)
+    if t.ndim != 1: raise ValueError(f"labels must be 1-D, got shape {tuple(t.shape)}")
+    if t.numel() == 0: return torch.empty(0, dtype=torch.long)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got dtype {t.dtype}")
+    t = t.long().cpu()
+    if t.min() < 0 or (n_classes is not None and t.max() >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes if n_classes is not None else 'inf'}), got values from {t.min().item()} to {t.max().item()}")
+    return t
+
+# %% ../nbs/03_data.ipynb #7c6060b1
+def balanced_labels(k:int,    # labels to make
+                    counts,   # an int n: n equal classes; or one count (weight) per class
+                   )->Tensor: # int64 (k,) class indices
+    "`k` labels interleaved over the classes in proportion to `counts`: `n` equal classes give 0, 1, .., n-1, 0, 1, ..."
+    counts = torch.full((counts,), -(-k // counts)) if isinstance(counts, int) else torch.as_tensor(counts)
+    cls = torch.arange(len(counts)).repeat_interleave(counts)
+    frac = torch.cat([(torch.arange(int(c)) + 0.5) / int(c) for c in counts if c > 0])
+    order = torch.from_numpy(np.lexsort((cls.numpy(), frac.numpy())))
+    return cls[order[:k]]
+
+# %% ../nbs/03_data.ipynb #20c8bbb5
+def as_dataset(data)->Dataset:
+    "`(x, y)` tensors as a `TensorDataset`; a `Dataset` as is."
+    return TensorDataset(*data) if isinstance(data, (tuple, list)) else data
+
 # %% ../nbs/03_data.ipynb #78cf1e78
 DIGITS_CLASSES = [str(i) for i in range(10)]
 
+# %% ../nbs/03_data.ipynb #a834f632
 def digits_splits(seed:int=0,     # `random_state` of both stratified splits
                   n_gen:int=900,  # images in the `gen` split (diffusion model / reference classifier training)
                   n_val:int=300,  # images in the real `val` split (drives patience); the remaining 1797 - n_gen - n_val are `test`
@@ -94,9 +128,11 @@ def _read_image(path):
     except Exception as e:
         raise OSError(f"could not read image file {path!r} ({type(e).__name__}: {e}); delete or replace the file") from e
 
+# %% ../nbs/03_data.ipynb #f05a0f6e
 def _has_images(d:Path)->bool:
     return any(p.suffix.lower() in IMG_EXTENSIONS for p in d.iterdir() if p.is_file())
 
+# %% ../nbs/03_data.ipynb #a3af9bf4
 def _transform(image_size, train):
     crop = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()] if train else [v2.Resize(image_size), v2.CenterCrop(image_size)]
     return v2.Compose([v2.ToImage(), *crop, v2.ToDtype(torch.float32, scale=True)])
@@ -107,6 +143,7 @@ class WnidImageFolder(ImageFolder):
     def __init__(self, root, wnids, **kw): self.wnids = list(wnids); super().__init__(root, **kw)
     def find_classes(self, directory): return self.wnids, {w: i for i, w in enumerate(self.wnids)}
 
+# %% ../nbs/03_data.ipynb #3c57749f
 def imagenet_folder(root,                  # an ImageNet split folder with one sub-folder per wnid, e.g. `.../imagenet/val`
                     wnids:list=None,       # classes to keep, label = index in this list; None = all 1000 (`IMAGENET1K_WNIDS`)
                     image_size:int=224,    # side of the square output images
@@ -132,6 +169,7 @@ def imagenet_folder(root,                  # an ImageNet split folder with one s
 # %% ../nbs/03_data.ipynb #be8caabb
 IMAGENET_SUBSETS = {'imagenet100': IMAGENET100_WNIDS, 'imagenet1k': IMAGENET1K_WNIDS}
 
+# %% ../nbs/03_data.ipynb #fe3da97b
 def imagenet_splits(root,                   # ImageNet root holding `train/` and `val/`, each with one sub-folder per wnid
                     subset:str="imagenet100", # one of `IMAGENET_SUBSETS`
                     image_size:int=224,     # side of the square output images
@@ -150,8 +188,10 @@ def _verify(f)->str|None:
         with Image.open(f) as im: im.verify()
     except Exception as e: return f"image {f} cannot be read ({type(e).__name__}): delete or replace it"
 
+# %% ../nbs/03_data.ipynb #a9b345cf
 def _image_files(d:Path)->list: return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
 
+# %% ../nbs/03_data.ipynb #0155108c
 def check_imagenet(root, wnids:list, n_open:int=1)->tuple:
     "(images per split, problems) of an ImageNet root (`val/` and `train/`, one folder per wnid); `n_open` images per class are opened and verified."
     root, counts, problems = Path(root).expanduser(), {}, []
@@ -172,6 +212,7 @@ def check_imagenet(root, wnids:list, n_open:int=1)->tuple:
 # %% ../nbs/03_data.ipynb #6dd11e9f
 CLASSES_JSON = 'classes.json'
 
+# %% ../nbs/03_data.ipynb #d2b8a34a
 def class_prompts(names:list,      # class names
                   template:str,    # a prompt with `{name}`, e.g. 'a photo of a {name}'
                  )->list:          # one prompt per class
@@ -189,6 +230,7 @@ def _read_classes_json(root:Path)->tuple:
         return {}, [f'{f} must hold an object {{"folder_name": "prompt", ...}} with a non-empty prompt per class']
     return d, []
 
+# %% ../nbs/03_data.ipynb #0baeb144
 def folder_classes(root,                                   # a folder dataset: `val/<class>/`, optional `test/<class>/` and `classes.json`
                    prompt_template:str='a photo of a {name}', # prompt of a class that `classes.json` does not name
                   )->tuple:                                # (class names: the folders under val/, sorted; one prompt per class)
@@ -254,13 +296,16 @@ class DatasetEntry:
     in_memory:bool = False         # pool and splits are small tensors in memory (CPU scale): no pool shards on disk, rows run in parallel
     needs:tuple = ('data_root', 'sd_path')  # DPConfig fields the dataset needs
 
+# %% ../nbs/03_data.ipynb #26078b34
 DATASETS = {}
 
+# %% ../nbs/03_data.ipynb #bbb8dd2c
 def register_dataset(entry:DatasetEntry)->DatasetEntry:
     "Add `entry` to the registry, and its name and needed fields to `config.DATASETS`."
     DATASETS[entry.name] = entry; config.DATASETS[entry.name] = tuple(entry.needs)
     return entry
 
+# %% ../nbs/03_data.ipynb #d0f25b45
 def dataset_entry(name:str)->DatasetEntry:
     "The registry's entry for `name`."
     if name not in DATASETS: raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {name!r}")

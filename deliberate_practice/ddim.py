@@ -15,12 +15,14 @@ from torch import Tensor
 # %% ../nbs/01_ddim.ipynb #4f3ecf45
 SCHEDULES = ('linear', 'scaled_linear', 'squaredcos_cap_v2')
 
+# %% ../nbs/01_ddim.ipynb #92b042c2
 def _cosine_betas(n_train_steps, max_beta=0.999):
     "Betas of the `squaredcos_cap_v2` schedule, computed in float64 like diffusers, then cast."
     f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
     return torch.tensor([min(1 - f((i + 1) / n_train_steps) / f(i / n_train_steps), max_beta)
                          for i in range(n_train_steps)], dtype=torch.float32)
 
+# %% ../nbs/01_ddim.ipynb #446a65fd
 def alpha_bars(n_train_steps:int=1000,        # number of training timesteps T
                schedule:str="scaled_linear",  # one of `SCHEDULES`
                beta_start:float=0.00085,      # first beta (linear schedules)
@@ -41,6 +43,7 @@ def alpha_bars(n_train_steps:int=1000,        # number of training timesteps T
 # %% ../nbs/01_ddim.ipynb #3205397a
 SPACINGS = ('leading', 'trailing', 'linspace')
 
+# %% ../nbs/01_ddim.ipynb #26e3f122
 def ddim_timesteps(n_steps:int,              # number of DDIM sampling steps
                    n_train_steps:int=1000,   # number of training timesteps T
                    spacing:str="leading",    # one of `SPACINGS`
@@ -68,12 +71,14 @@ def alpha_bar_pairs(alpha_bar:Tensor,             # (T,) schedule from `alpha_ba
 # %% ../nbs/01_ddim.ipynb #2b78b112
 PREDICTION_TYPES = ('epsilon', 'v_prediction', 'sample')
 
+# %% ../nbs/01_ddim.ipynb #6decb060
 def _coef(a, x:Tensor)->Tensor:
     "`a` (float, 0-d or per-sample (B,) tensor) as a tensor that broadcasts against `x`; checks 0 < a <= 1."
     a = torch.as_tensor(a, dtype=x.dtype, device=x.device)
     if ((a <= 0) | (a > 1)).any(): raise ValueError(f"alpha_bar must lie in (0, 1], got {a.tolist()}")
     return a.reshape(-1, *[1] * (x.ndim - 1)) if a.ndim == 1 else a
 
+# %% ../nbs/01_ddim.ipynb #14a48aac
 def _check_prediction_type(prediction_type):
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")

@@ -15,11 +15,13 @@ import matplotlib.pyplot as plt
 import ipywidgets as widgets
 from IPython.display import display, clear_output
 from .guidance import entropy, eval_mode
-from .pool import Pool, _device_dtype
+from .pool import Pool
+from .store import module_device_dtype
 
 # %% ../nbs/11_explorer.ipynb #9e018b90
 ALL_CLASSES = 'all classes'
 
+# %% ../nbs/11_explorer.ipynb #47a3b4e0
 def explorer_labels(class_name:str,     # a name from `class_names`, or `ALL_CLASSES`
                     class_names:list,   # the generator's class names
                     n_images:int,       # how many labels
@@ -40,7 +42,7 @@ def sample_and_score(generator,          # has `.sample(labels, cfg_scale, omega
                     )->dict:             # images, labels, logits, entropy, pred, n_nonfinite
     "Generate one image per label and score it with `classifier` (eval mode, no gradients)."
     images, stats = generator.sample(labels, cfg_scale=cfg_scale, omega=omega, classifier=classifier, n_steps=n_steps, seed=seed, return_stats=True)
-    with eval_mode(classifier), torch.no_grad(): logits = classifier(images.to(*_device_dtype(classifier))).float().cpu()   # on the classifier's device and dtype
+    with eval_mode(classifier), torch.no_grad(): logits = classifier(images.to(*module_device_dtype(classifier))).float().cpu()   # on the classifier's device and dtype
     return dict(images=images, labels=torch.as_tensor(labels), logits=logits, entropy=entropy(logits), pred=logits.argmax(1),
                 n_nonfinite=int(getattr(stats, 'n_nonfinite', 0)))
 
@@ -49,6 +51,7 @@ def _as_hwc(img:Tensor):
     img = img.detach().float().clamp(0, 1).cpu()
     return (img[0].numpy(), 'gray_r') if img.shape[0] == 1 else (img.permute(1, 2, 0).numpy(), None)
 
+# %% ../nbs/11_explorer.ipynb #1189c526
 def plot_samples(images:Tensor,          # (B, C, H, W) images in [0, 1]
                  logits:Tensor,          # (B, n_classes) the classifier's logits on them
                  labels:Tensor=None,     # (B,) the classes they were generated for (None: no red marks)
@@ -80,6 +83,7 @@ def balanced_labels(n:int, n_classes:int)->Tensor: # int64 (n,) sorted class ind
     "`n` labels spread evenly over `n_classes` classes."
     return (torch.arange(n) % n_classes).sort().values
 
+# %% ../nbs/11_explorer.ipynb #7bb05bb9
 def refresh_entropies(generator,             # the generator (`.sample` contract, `.n_classes`, `.image_shape`)
                       classifier,            # float images in [0, 1] -> logits
                       pool_size:int=100,     # images in the pool
@@ -122,6 +126,7 @@ def plot_entropy_hist(before:Tensor,         # (N,) entropies before the refresh
 # %% ../nbs/11_explorer.ipynb #afd17ef7
 CONTROLS = ('class', 'seed', 'omega', 'cfg_scale', 'n_steps')
 
+# %% ../nbs/11_explorer.ipynb #407da358
 def explorer_controls(class_names:list,     # the generator's class names
                       omega:float=0.1,      # initial entropy-guidance weight
                       cfg_scale:float=2.0,  # initial classifier-free guidance scale
@@ -175,9 +180,11 @@ def _set_controls(self:Explorer, kw:dict):
         for k, v in kw.items(): self.controls[k].value = v
     finally: self._held = False
 
+# %% ../nbs/11_explorer.ipynb #4aa691da
 def _show(out:widgets.Output, fig):
     with out: clear_output(wait=True); display(fig)
 
+# %% ../nbs/11_explorer.ipynb #949061dd
 @patch
 def update(self:Explorer, **controls)->dict:
     "Set any `controls` given (e.g. `omega=0.3`), regenerate the grid from the controls' values, show it and return its numbers."
@@ -191,6 +198,7 @@ def update(self:Explorer, **controls)->dict:
           title=f"omega {s['omega']:.2f}, cfg_scale {s['cfg_scale']:.1f}, n_steps {s['n_steps']}, seed {s['seed']}"))
     return r
 
+# %% ../nbs/11_explorer.ipynb #b935e42b
 @patch
 def refresh_pool(self:Explorer, **controls)->dict:
     "Refresh a pool of `pool_size` once at the controls' `omega`/`cfg_scale`/`n_steps`/`seed`, show the entropy histogram and return its numbers."
@@ -206,6 +214,7 @@ def refresh_pool(self:Explorer, **controls)->dict:
           title=f"pool of {self.pool_size}: prune_frac {self.prune_frac}, omega {s['omega']:.2f}, cfg_scale {s['cfg_scale']:.1f}"))
     return r
 
+# %% ../nbs/11_explorer.ipynb #ce384bf6
 @patch
 def _safely(self:Explorer, f):
     "Run a control's callback; show its error in the status line instead of losing it."
@@ -221,12 +230,14 @@ def _int_in(name, v, lo, hi=math.inf):
     if not ok: raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
     return int(v)
 
+# %% ../nbs/11_explorer.ipynb #730d8fb6
 def _float_in(name, v, lo, hi, lo_open=False):
     try: ok = (lo < float(v) if lo_open else lo <= float(v)) and float(v) <= hi
     except (TypeError, ValueError): ok = False
     if not ok: raise ValueError(f"{name} must be a number in {'(' if lo_open else '['}{lo}, {hi}], got {v!r}")
     return float(v)
 
+# %% ../nbs/11_explorer.ipynb #a032d4a2
 def explore(generator=None,          # `.sample` contract, `.class_names`, `.n_classes`, `.image_shape`; None: `load_digits_generator()`
             classifier=None,         # float images in [0, 1] -> logits; None: `digits_reference_classifier()` (digits only)
             n_images:int=10,         # images in the grid

@@ -4,13 +4,15 @@
 
 # %% auto #0
 __all__ = ['NULL_LABEL', 'DIGITS_SCHEDULE', 'DIGITS_UNET_CONFIG', 'DIGITS_TRAINING', 'DIGITS_WEIGHTS', 'SD_SUBFOLDERS',
-           'SD_CONFIGS', 'DRIVEN', 'initial_noise', 'check_labels', 'DiffusionGenerator', 'digits_unet',
-           'train_digits_generator', 'save_digits_unet', 'DigitsGenerator', 'load_digits_generator',
-           'StableDiffusionGenerator', 'unsupported_sd', 'check_sd_folder', 'tiny_sd_components', 'tiny_taesd']
+           'SD_CONFIGS', 'DRIVEN', 'GENERATOR_LOADERS', 'Generator', 'initial_noise', 'DiffusionGenerator',
+           'digits_unet', 'train_digits_generator', 'digits_weights', 'save_digits_unet', 'DigitsGenerator',
+           'load_digits_generator', 'StableDiffusionGenerator', 'unsupported_sd', 'check_sd_folder', 'build_parts',
+           'tiny_sd_components', 'tiny_taesd']
 
 # %% ../nbs/05_generators.ipynb #26f787d4
 import json
 from importlib.resources import files
+from typing import Protocol, runtime_checkable
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,19 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from .ddim import alpha_bars
 from .guidance import GuidanceStats, guided_ddim_sample
+from .config import DPConfig
+from .data import dataset_entry, check_labels
+
+# %% ../nbs/05_generators.ipynb #7835d1f7
+@runtime_checkable
+class Generator(Protocol):
+    "What the pool, the trainer and the explorer need of a generator: class-conditional images in [0, 1]."
+    class_names:list     # one name per class
+    image_shape:tuple    # (C, H, W) of the images `sample` returns
+    @property
+    def n_classes(self)->int: ...
+    def sample(self, labels, cfg_scale:float=2.0, omega:float=0.0, classifier=None, n_steps:int=20, seed:int=0, batch_size:int=None,
+               progress=False, return_stats:bool=False, **guidance_kw): ...
 
 # %% ../nbs/05_generators.ipynb #d1a77b39
 def initial_noise(n:int,          # number of images
@@ -34,21 +49,6 @@ def initial_noise(n:int,          # number of images
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i)) for i in range(first, first + n)]) \
         if n else torch.empty(0, *shape)
 
-# %% ../nbs/05_generators.ipynb #17897715
-def check_labels(labels,          # class indices: list, numpy array or tensor
-                 n_classes:int,   # number of classes of the generator
-                )->Tensor:        # int64 (B,) tensor on the CPU
-    "Validate `labels` and return them as a LongTensor."
-    t = torch.as_tensor(labels)
-    if t.ndim != 1: raise ValueError(f"labels must be 1-D, got shape {tuple(t.shape)}")
-    if t.numel() == 0: return torch.empty(0, dtype=torch.long)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"labels must be integer class indices, got dtype {t.dtype}")
-    t = t.long().cpu()
-    if t.min() < 0 or t.max() >= n_classes:
-        raise ValueError(f"labels must lie in [0, {n_classes}), got values from {t.min().item()} to {t.max().item()}")
-    return t
-
 # %% ../nbs/05_generators.ipynb #cac48b00
 def _merge_stats(parts):
     "One `GuidanceStats` from [(stats, batch size)] of the batches of one call."
@@ -57,6 +57,7 @@ def _merge_stats(parts):
     norms = [sum(s.grad_norms[k] * b for s, b in parts) / n for k in range(len(first.grad_norms))]
     return GuidanceStats(first.n_steps, first.n_guided_steps, sum(s.n_nonfinite for s, _ in parts), norms)
 
+# %% ../nbs/05_generators.ipynb #7f19c67a
 class DiffusionGenerator:
     "Base class: the `.sample` contract over a model that subclasses supply (`denoiser`, `decode`)."
     sampler_kw = {}            # spacing, steps_offset, prediction_type, final_alpha_bar of the model's schedule
@@ -102,12 +103,14 @@ DIGITS_UNET_CONFIG = dict(sample_size=8, in_channels=1, out_channels=1, layers_p
                           down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                           up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), num_class_embeds=11, norm_num_groups=32)
 
+# %% ../nbs/05_generators.ipynb #c556c53b
 def _seeded(seed, make):
     "Build a module with `make()` under a private RNG seeded with `seed` (the global RNG is left as it was)."
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return make()
 
+# %% ../nbs/05_generators.ipynb #3e017d7e
 def digits_unet(seed:int=0, # seed of the random initial weights
                )->UNet2DModel: # untrained class-conditional UNet of `DIGITS_UNET_CONFIG`
     "The digits generator's UNet (calibration.md), randomly initialised."
@@ -116,6 +119,7 @@ def digits_unet(seed:int=0, # seed of the random initial weights
 # %% ../nbs/05_generators.ipynb #2c9417ed
 DIGITS_TRAINING = dict(n_steps=1500, lr=2e-3, warmup=200, batch_size=128, p_uncond=0.1, ema_decay=0.995, seed=0)
 
+# %% ../nbs/05_generators.ipynb #bd22c24c
 def train_digits_generator(x:Tensor,                # (N, 1, 8, 8) real digits in [0, 1] (the `gen` split)
                            y:Tensor,                # (N,) int64 labels 0..9
                            n_steps:int=1500,        # optimiser steps
@@ -151,15 +155,19 @@ def train_digits_generator(x:Tensor,                # (N, 1, 8, 8) real digits i
 # %% ../nbs/05_generators.ipynb #0e1d1f14
 DIGITS_WEIGHTS = 'digits_unet'  # stem of the shipped files in deliberate_practice/weights/
 
-def _default_weights_path()->Path: return Path(str(files('deliberate_practice') / 'weights' / DIGITS_WEIGHTS))
+# %% ../nbs/05_generators.ipynb #cd731795
+def digits_weights(name:str=DIGITS_WEIGHTS)->Path:
+    "File stem of digits generator weights: a bare name is one shipped in `deliberate_practice/weights/`, anything with a folder a path."
+    return Path(name) if Path(name).name != name else Path(str(files('deliberate_practice') / 'weights' / name))
 
+# %% ../nbs/05_generators.ipynb #a281f278
 def save_digits_unet(unet:UNet2DModel,       # the trained (EMA) UNet
                      path=None,              # file stem (no suffix); None: the package's shipped weights
                      training:dict=None,     # the settings it was trained with (e.g. `DIGITS_TRAINING`)
                      **extra,                # anything else worth recording (wall time, measured class consistency)
                     )->Path:                 # the stem written
     "Write `<path>.safetensors` (weights) and `<path>.json` (UNet config, schedule, training settings)."
-    path = Path(path) if path is not None else _default_weights_path()
+    path = Path(path) if path is not None else digits_weights()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(path.with_suffix('.safetensors')))
     meta = dict(unet=json.loads(unet.to_json_string()), schedule=dict(DIGITS_SCHEDULE,
@@ -197,7 +205,7 @@ def load_digits_generator(device=None,   # where to run it (None: CPU)
                           path=None,     # file stem of the weights; None: the shipped `digits_unet`
                          )->DigitsGenerator:
     "The trained digits generator, from safetensors weights."
-    path = Path(path) if path is not None else _default_weights_path()
+    path = Path(path) if path is not None else digits_weights()
     w, cfg = path.with_suffix('.safetensors'), path.with_suffix('.json')
     if not (w.exists() and cfg.exists()):
         raise FileNotFoundError(f"digits generator weights not found at {w} / {cfg}. Re-make them with: x, y = digits_splits(seed=0)['gen']; "
@@ -215,6 +223,7 @@ def _device_and_dtype(device=None, dtype=None)->tuple:
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     return device, dtype or (torch.float16 if device.type == 'cuda' else torch.float32)
 
+# %% ../nbs/05_generators.ipynb #cf1cc043
 def _guidance_decoder(decoder, device, dtype, latent_channels:int):
     "An `AutoencoderTiny` from a module or a local folder, frozen in eval mode on `device` in `dtype` (None stays None)."
     if decoder is None: return None
@@ -231,6 +240,7 @@ def _guidance_decoder(decoder, device, dtype, latent_channels:int):
         raise ValueError(f"guidance_decoder has {decoder.config.latent_channels} latent channels, the UNet {latent_channels}")
     return (decoder.to(device) if decoder.dtype == dtype else decoder.to(device, dtype)).eval().requires_grad_(False)
 
+# %% ../nbs/05_generators.ipynb #4405efb0
 class StableDiffusionGenerator(DiffusionGenerator):
     "Class-conditional sampling from a text-to-image latent diffusion model (Stable Diffusion), one prompt per class."
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler,  # diffusers/transformers components
@@ -282,12 +292,14 @@ def encode_prompts(self:StableDiffusionGenerator, prompts:list)->Tensor:
                          return_tensors='pt').input_ids
     return self.text_encoder(ids.to(self.device))[0]
 
+# %% ../nbs/05_generators.ipynb #d94ecd02
 @patch
 def denoiser(self:StableDiffusionGenerator, labels:Tensor):
     "fn(z_t, t) -> (out_uncond, out_cond): one UNet pass of [z_t, z_t] with [empty prompt, class prompts], in float32."
     emb = torch.cat([self.uncond_emb.expand(len(labels), -1, -1), self.cond_emb[labels]])
     return lambda z, t: self.unet(torch.cat([z, z]).to(self.dtype), t, encoder_hidden_states=emb).sample.float().chunk(2)
 
+# %% ../nbs/05_generators.ipynb #a6360335
 @patch
 def _to_images(self:StableDiffusionGenerator, decoded:Tensor)->Tensor:
     "A decoder's output in $[-1, 1]$ as float32 images in $[0, 1]$ of `image_shape` (resized when `classifier_size` asks; differentiable)."
@@ -295,11 +307,13 @@ def _to_images(self:StableDiffusionGenerator, decoded:Tensor)->Tensor:
     if tuple(img.shape[-2:]) == self.image_shape[1:]: return img
     return F.interpolate(img, size=self.image_shape[1:], mode='bilinear', antialias=True, align_corners=False)
 
+# %% ../nbs/05_generators.ipynb #8cefe8bd
 @patch
 def decode(self:StableDiffusionGenerator, z0_hat:Tensor)->Tensor:
     "The classifier's view of a denoised latent: VAE decode of $\\hat z_0 / s$, [0, 1], resized to `classifier_size` (differentiable)."
     return self._to_images(self.vae.decode((z0_hat / self.vae.config.scaling_factor).to(self.dtype)).sample)
 
+# %% ../nbs/05_generators.ipynb #3705274f
 @patch
 def guidance_view(self:StableDiffusionGenerator, z0_hat:Tensor)->Tensor:
     "The view the entropy gradient goes through: `decode`, or the small `guidance_decoder` (it takes SD's scaled latents: its scaling_factor is 1)."
@@ -312,11 +326,13 @@ SD_SUBFOLDERS = ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler')
 SD_CONFIGS = dict(unet='config.json', vae='config.json', text_encoder='config.json', scheduler='scheduler_config.json', tokenizer='tokenizer_config.json')
 DRIVEN = 'an SD-1.x or SD-2.x text-to-image folder (unet/, vae/, one CLIP text_encoder/)'
 
+# %% ../nbs/05_generators.ipynb #67360550
 def _pipeline_name(p:Path)->str|None:
     "The `_class_name` of `p/model_index.json`, if there is a readable one."
     try: return json.loads((p / 'model_index.json').read_text()).get('_class_name')
     except (OSError, ValueError, AttributeError): return None
 
+# %% ../nbs/05_generators.ipynb #f13893d4
 def unsupported_sd(path, configs:dict)->str|None:
     "Why the package cannot drive the diffusers folder `path` (SDXL, a DiT, a UNet with other inputs), or None; `configs`: its components' configs."
     p, name = Path(path), _pipeline_name(Path(path))
@@ -331,6 +347,7 @@ def unsupported_sd(path, configs:dict)->str|None:
         return (f"{p}: its UNet takes {u.get('in_channels')} input channels and its VAE makes {v.get('latent_channels')}-channel latents (an inpainting, "
                 f"depth or upscaling model), which the package cannot drive: use {DRIVEN}")
 
+# %% ../nbs/05_generators.ipynb #e1c058d9
 def check_sd_folder(path)->tuple:
     "(the components' configs, problems) of a diffusers Stable Diffusion folder: each component present, each config readable JSON, a model the package can drive."
     path, cfgs, problems = Path(path).expanduser(), {}, []
@@ -345,6 +362,7 @@ def check_sd_folder(path)->tuple:
     why = unsupported_sd(path, cfgs)
     return cfgs, problems + ([why] if why else [])
 
+# %% ../nbs/05_generators.ipynb #430bde9b
 def _resolve_model_dir(path_or_id, local_files_only=True):
     "A local folder with the SD components, from a path or a cached Hub id."
     p = Path(path_or_id).expanduser()
@@ -397,12 +415,41 @@ def from_pretrained(cls:StableDiffusionGenerator,
     return cls(*comps, class_names, prompt_template=prompt_template, image_size=image_size, dtype=dtype, device=device,
                attention_slicing=attention_slicing, gradient_checkpointing=gradient_checkpointing, guidance_decoder=guidance_decoder, **kwargs)
 
+# %% ../nbs/05_generators.ipynb #4044cdd0
 @patch
 def save_pretrained(self:StableDiffusionGenerator, path):
     "Save the components as diffusers' `StableDiffusionPipeline` does (with `model_index.json`): `from_pretrained` and `StableDiffusionPipeline.from_pretrained` open it."
     from diffusers import StableDiffusionPipeline
     StableDiffusionPipeline(**{k: getattr(self, k) for k in SD_SUBFOLDERS}, safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(path)
+
+# %% ../nbs/05_generators.ipynb #359131f7
+def _digits_generator(cfg, class_names, prompts, device):
+    return load_digits_generator(device=device, path=digits_weights(cfg.digits_generator))
+
+# %% ../nbs/05_generators.ipynb #d935025b
+def _sd_generator(cfg, class_names, prompts, device):
+    return StableDiffusionGenerator.from_pretrained(cfg.sd_path, class_names, prompts=prompts, classifier_size=cfg.image_size, device=device,
+                                                    gradient_checkpointing=cfg.gradient_checkpointing, guidance_decoder=cfg.guidance_decoder)
+
+# %% ../nbs/05_generators.ipynb #1303ba2b
+GENERATOR_LOADERS = {'digits': _digits_generator, 'stable-diffusion': _sd_generator}   # a `DatasetEntry.generator` family -> its loader
+
+# %% ../nbs/05_generators.ipynb #f46bbe47
+def build_parts(cfg:DPConfig,      # the run
+                device=None,       # where the generator runs (None: `cfg.device`)
+                generator=None,    # keep this generator (None: load the dataset's)
+                data:dict=None,    # keep these real splits (None: load the dataset's)
+               )->tuple:           # (generator, dict(val=..., test=...)); `test` is missing for a folder without test/
+    "The generator and real splits of `cfg.dataset`, from its registry entry; its checks run before any weight is loaded."
+    entry = dataset_entry(cfg.dataset)
+    if generator is None:
+        _, problems = entry.check(cfg)
+        if problems: raise ValueError(problems[0] + (f" (and {len(problems) - 1} more problem(s): `dp-train --dry-run` lists them all)" if len(problems) > 1 else ''))
+        generator = GENERATOR_LOADERS[entry.generator](cfg, *entry.classes(cfg), device or cfg.device)
+    if data is None: data = entry.splits(cfg, generator.image_shape[-1])
+    if 'val' not in data: raise ValueError(f"data must hold a real 'val' split (it drives patience), got the splits {sorted(data)}")
+    return generator, data
 
 # %% ../nbs/05_generators.ipynb #ea0d69bf
 def tiny_sd_components(seed:int=0,                     # seeds the random weights
@@ -427,6 +474,7 @@ def tiny_sd_components(seed:int=0,                     # seeds the random weight
                               set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)   # Stable Diffusion 1.5's (and 2.x's) schedule
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
+# %% ../nbs/05_generators.ipynb #2c559944
 def tiny_taesd(seed:int=0)->AutoencoderTiny: # random-weight TAESD-shaped guidance decoder
     "A random-weight `AutoencoderTiny` for `tiny_sd_components`' latents (4 channels, upsampling x2, like its VAE), test scaffolding."
     return _seeded(seed + 3, lambda: AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),

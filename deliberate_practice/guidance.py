@@ -33,6 +33,7 @@ def eval_mode(model):
     finally:
         for m, t in modes: m.training = t
 
+# %% ../nbs/02_guidance.ipynb #4a7877eb
 def _entropy_grad_x0(x0_hat:Tensor, classifier, decode=None, batch_size:int=None)->Tensor:
     "d/dx0_hat of the summed entropy, `batch_size` images per backward pass (each sample's entropy depends on that sample only)."
     def one(z):
@@ -40,6 +41,7 @@ def _entropy_grad_x0(x0_hat:Tensor, classifier, decode=None, batch_size:int=None
         return torch.autograd.grad(entropy(classifier(decode(z) if decode is not None else z)).sum(), z)[0]
     with torch.enable_grad(): return torch.cat([one(z) for z in x0_hat.split(batch_size or max(len(x0_hat), 1))])
 
+# %% ../nbs/02_guidance.ipynb #a9558128
 def entropy_grad(x_t:Tensor,          # noisy sample at step t
                  eps:Tensor,          # the noise prediction at t (held fixed)
                  alpha_bar_t,         # cumulative alpha at t
@@ -56,6 +58,7 @@ def entropy_grad(x_t:Tensor,          # noisy sample at step t
 # %% ../nbs/02_guidance.ipynb #23d769a7
 GRAD_NORMS = ('rms', 'none')
 
+# %% ../nbs/02_guidance.ipynb #14cb9814
 def normalize_grad(grad:Tensor,      # (B, ...) raw gradient
                    how:str='rms',    # `rms`: per-sample unit RMS; `none`: unchanged
                   )->Tensor:         # gradient of per-sample RMS 1 (0 stays 0)
@@ -72,6 +75,7 @@ def cfg_combine(out_uncond:Tensor,   # the model's output without the condition 
     "Classifier-free guidance: $u + \\lambda (c - u)$, on whatever the model predicts."
     return out_uncond + cfg_scale * (out_cond - out_uncond)
 
+# %% ../nbs/02_guidance.ipynb #db384161
 def entropy_shift(eps:Tensor,          # a (CFG-combined) noise prediction
                   alpha_bar_t,         # cumulative alpha at t
                   omega:float=0.0,     # entropy-guidance weight
@@ -81,6 +85,7 @@ def entropy_shift(eps:Tensor,          # a (CFG-combined) noise prediction
     if grad is None or omega == 0: return eps
     return eps - (1 - torch.as_tensor(alpha_bar_t, dtype=eps.dtype)).sqrt() * omega * grad
 
+# %% ../nbs/02_guidance.ipynb #a35fb2bc
 def guided_eps(eps_uncond:Tensor,     # noise prediction without the condition
                eps_cond:Tensor,       # noise prediction with the condition (class or prompt)
                alpha_bar_t,           # cumulative alpha at t
@@ -102,8 +107,10 @@ class GuidanceStats:
     @property
     def mean_grad_norm(self)->float: return sum(self.grad_norms) / max(len(self.grad_norms), 1)
 
+# %% ../nbs/02_guidance.ipynb #3f7cdfed
 def _is_guided(i, n_steps, guide_every, guide_until): return i % guide_every == 0 and i < guide_until * n_steps
 
+# %% ../nbs/02_guidance.ipynb #fb9e68c7
 def _finite(x:Tensor)->Tensor: return torch.isfinite(x.flatten(1)).all(1)
 
 # %% ../nbs/02_guidance.ipynb #6d38252e

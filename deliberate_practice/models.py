@@ -23,6 +23,7 @@ from .data import digits_splits
 # %% ../nbs/04_models.ipynb #10ea7a0b
 def _conv_bn_relu(c_in, c_out): return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
+# %% ../nbs/04_models.ipynb #21a87ba8
 class DigitsCNN(nn.Module):
     "conv 32, conv 64, max-pool, conv 64 (each 3x3 + BatchNorm + ReLU), global average pool, linear."
     def __init__(self, num_classes:int=10,  # classes of the linear head (0: no head, return pooled features)
@@ -50,11 +51,13 @@ DIGITS_CNN_CFG = dict(num_classes=10, input_size=(1, 8, 8), pool_size=(4, 4), cr
                       mean=(0.5,), std=(0.5,), first_conv='features.0.0', classifier='head', license='apache-2.0')
 default_cfgs = generate_default_cfgs({'digits_cnn': DIGITS_CNN_CFG})   # read by `register_model` from this module
 
+# %% ../nbs/04_models.ipynb #40219d3b
 def _names_weights(cfg)->bool:
     "Does a pretrained cfg (dict, timm `PretrainedCfg` or None) point at weights?"
     cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg if isinstance(cfg, dict) else {}
     return any(cfg.get(k) for k in ('file', 'url', 'hf_hub_id', 'state_dict'))
 
+# %% ../nbs/04_models.ipynb #a319dd3b
 @register_model
 def digits_cnn(pretrained:bool=False, **kwargs)->DigitsCNN:
     "The digits classifier (see `DigitsCNN`), built through timm."
@@ -83,6 +86,7 @@ class NormalizedClassifier(nn.Module):
     def pretrained_cfg(self)->dict: return self.model.pretrained_cfg
     def forward(self, x:Tensor)->Tensor: return self.model((x - self.mean) / self.std)
 
+# %% ../nbs/04_models.ipynb #788cb35f
 def _channel_stats(stats, in_chans):
     stats = tuple(stats)
     if len(stats) == in_chans: return stats
@@ -90,6 +94,7 @@ def _channel_stats(stats, in_chans):
     if in_chans == 1: return (sum(stats) / len(stats),)
     raise ValueError(f"in_chans={in_chans} does not match the model's {len(stats)}-channel normalization {stats}")
 
+# %% ../nbs/04_models.ipynb #b9b4ef00
 def _create_timm(name, img_size=None, **kw):
     "`timm.create_model(name, **kw)` with `img_size` where the architecture takes one; returns the model and the size argument used."
     if img_size is not None:
@@ -117,6 +122,7 @@ def create_classifier(name:str,            # a timm architecture, e.g. 'digits_c
 def _check_xy(x, y):
     if len(x) != len(y) or len(x) == 0: raise ValueError(f"x and y must be non-empty with the same length, got {len(x)} and {len(y)}")
 
+# %% ../nbs/04_models.ipynb #83c1b274
 def fit_classifier(model:nn.Module,     # classifier taking x, returning logits (e.g. from `create_classifier`)
                    x:Tensor,            # (N, C, H, W) training images in [0, 1]
                    y:Tensor,            # (N,) int64 labels

@@ -25,15 +25,15 @@ def test_presets_follow_table1(scale):
     kw = {} if scale == 'digits' else IMAGENET
     p8, p10 = ablation.PATIENCE[scale][8], ablation.PATIENCE[scale][10]
     assert p10 > p8
-    expect = {'static-cosine': ('cosine', 'none', 0.0), 'static-wsd': ('wsd', 'none', 0.0), 'dp-p10-25': ('wsd', 'entropy', .25),
-              'dp-p8-25': ('wsd', 'entropy', .25), 'dp-p8-50': ('wsd', 'entropy', .5), 'dp-p8-75': ('wsd', 'entropy', .75),
-              'dp-p8-100': ('wsd', 'entropy', 1.0), 'random-p8-100': ('wsd', 'random', 1.0)}
+    expect = {'static-cosine': ('cosine', 'none', 0.0), 'static-wsd': ('wsd', 'none', 0.0), 'dp-p10-25': ('wsd', 'easiest', .25),
+              'dp-p8-25': ('wsd', 'easiest', .25), 'dp-p8-50': ('wsd', 'easiest', .5), 'dp-p8-75': ('wsd', 'easiest', .75),
+              'dp-p8-100': ('wsd', 'easiest', 1.0), 'random-p8-100': ('wsd', 'random', 1.0)}
     for row, (sched, sel, prune) in expect.items():
         c = preset(row, scale, **kw)
         assert (c.scheduler, c.selection, c.prune_frac, c.dataset) == (sched, sel, prune, scale), row
         if sel != 'none': assert c.patience == (p10 if 'p10' in row else p8), row
         if sel == 'random': assert c.omega == 0.0
-        if sel == 'entropy': assert c.omega > 0
+        if sel == 'easiest': assert c.omega > 0
     base = {f: v for f, v in preset('static-wsd', scale, **kw).to_dict().items() if f not in ('scheduler', 'selection', 'prune_frac', 'patience', 'omega', 'cfg_scale')}
     for row in ROWS:   # rows differ only in the fields Table 1 varies
         assert {f: v for f, v in preset(row, scale, **kw).to_dict().items() if f in base} == base, row
@@ -74,7 +74,7 @@ def test_crash_continue(tmp_path, parts, monkeypatch):
     def counting_fit(self, *a, **k): epochs_run.append((self.cfg.selection, self.epoch)); return fit(self, *a, **k)
     monkeypatch.setattr(DPTrainer, 'fit', counting_fit)
     res = reproduce('digits', seeds=[0], rows=['static-wsd', 'dp-p8-100'], out=tmp_path, progress=False, generator=gen, data=data, **TINY)
-    assert epochs_run == [('entropy', 2)]                                          # static-wsd not rerun; DP resumed at epoch 2
+    assert epochs_run == [('easiest', 2)]                                          # static-wsd not rerun; DP resumed at epoch 2
     assert res[0] == a and [h['epoch'] for h in res[1]['history']] == [1, 2, 3]
     fresh = run_row(cfg_b, 'dp-p8-100', tmp_path / 'fresh', gen, data)             # the resumed run equals an uninterrupted one
     assert [(h['val_acc'], h['n_generated']) for h in fresh['history']] == [(h['val_acc'], h['n_generated']) for h in res[1]['history']]

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from deliberate_practice.guidance import entropy
-from deliberate_practice.pool import INDEX, Pool, read_index
+from deliberate_practice.pool import Pool
+from deliberate_practice.store import INDEX, read_index
 
 
 class FakeGenerator:

@@ -54,3 +54,26 @@ def test_notebooks_import_only_earlier_notebooks():
         bad = sorted(m for m in used - {mod} if number.get(m, -1) > number[mod])
         if bad: late[mod] = bad
     assert not late, f"notebooks import modules of later notebooks: {late}"
+
+
+def test_no_private_names_across_modules():
+    "A module imports only public names of another (its underscore names are its own business)."
+    bad = []
+    for p in sorted(PKG.glob('*.py')):
+        if p.stem.startswith('_'): continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and _imported(node, None):
+                bad += [f"{p.stem} imports {a.name} from {node.module}" for a in node.names if a.name.startswith('_')]
+    assert not bad, bad
+
+
+def test_exported_cells_are_small():
+    "About one definition per exported cell: the median exported cell has at most 10 lines of code."
+    sizes = []
+    for p in sorted(NBS.glob('[0-9][0-9]_*.ipynb')):
+        for c in json.loads(p.read_text())['cells']:
+            src = ''.join(c['source'])
+            if c['cell_type'] == 'code' and re.search(r'^#\|\s*export\s*$', src, re.M) and 'default_exp' not in src:
+                sizes.append(sum(1 for l in src.splitlines() if l.strip() and not l.startswith('#|')))
+    sizes.sort()
+    assert sizes[len(sizes) // 2] <= 10, f"median exported cell: {sizes[len(sizes) // 2]} lines"

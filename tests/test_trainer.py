@@ -12,7 +12,7 @@ BAD = [
     ('prune_frac', -0.1, 'prune_frac must be in [0, 1], got -0.1'),
     ('patience', 0, 'patience must be >= 1, got 0'),
     ('patience_growth', -1, 'patience_growth must be >= 0, got -1'),
-    ('selection', 'hardest', "selection must be one of ('entropy', 'random', 'none'), got 'hardest'"),
+    ('selection', 'hardest', "selection must be one of ('easiest', 'random', 'none'), got 'hardest'"),
     ('score_metric', 'confidence', "score_metric must be one of"),
     ('grow', 'yes', "grow must be True or False, got 'yes'"),
     ('omega', -0.1, 'omega must be >= 0, got -0.1'),
@@ -149,7 +149,7 @@ def test_patience_resets_on_improvement_and_on_refresh(parts):
     t.refresh()
     assert (t.wait, t.n_refreshes, t.cur_patience) == (0, 1, 3)                                  # a refresh restarts the count and grows patience
     assert not t.patience_step(0.6) and t.wait == 1
-    assert t.pool.calls[0]['guidance_batch_size'] == 3                                           # the memory bound reaches the generator
+    assert t.pool.calls[0]['sampling'].sample_kw()['guidance_batch_size'] == 3                    # the memory bound reaches the generator
 
 def test_test_split_every_k_epochs_and_at_the_end(parts):
     seen = []
