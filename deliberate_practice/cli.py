@@ -13,7 +13,7 @@ __all__ = ['CHOICES', 'GIB', 'MIB', 'GUIDANCE_VIEW_MIB', 'UNET_MIB_PER_LATENT_PX
 import argparse, dataclasses, json, math, os, sys, textwrap, time
 from pathlib import Path
 from fastcore.docments import docments
-from .config import (DPConfig, PRESETS, TYPE_NAMES, preset, config_from_file, SELECTIONS, SCORE_METRICS, SCHEDULERS,
+from .config import (DPConfig, PRESETS, TYPE_NAMES, preset, check_value, config_from_file, SELECTIONS, SCORE_METRICS, SCHEDULERS,
                                         DATASETS, PRECISIONS, device_type, in_decay_phase, steps_per_epoch)
 
 # %% ../nbs/10_cli.ipynb #751288f9
@@ -59,22 +59,12 @@ def build_parser()->argparse.ArgumentParser:
         p.add_argument(*flag_names(f.name), dest=f.name, help=f"{docs.get(f.name) or ''} (default: {f.default})", **kw)
     return p
 
-# %% ../nbs/10_cli.ipynb #9bbb0ba9
-def _convert(name:str, s, tp):
-    "The string `s` of flag `name` as the field type `tp`, or ValueError naming the field."
-    if not isinstance(s, str): return s                                   # bools come converted
-    if getattr(tp, '__args__', None):
-        if s.lower() == 'none': return None
-        tp = next(t for t in tp.__args__ if t is not type(None))
-    try: return tp(s)
-    except ValueError: raise ValueError(f"{name} must be {TYPE_NAMES[tp]}, got {s!r}") from None
-
 # %% ../nbs/10_cli.ipynb #7a050d3f
 def parse_args(argv:list=None)->tuple:  # command-line arguments (default: sys.argv[1:])
     "`(config overrides, namespace)`: the typed `DPConfig` fields given on the command line, and all flags."
     ns = build_parser().parse_args(argv)
     types = {f.name: f.type for f in dataclasses.fields(DPConfig)}
-    return {k: _convert(k, v, types[k]) for k, v in vars(ns).items() if k in types}, ns
+    return {k: check_value(k, v, types[k], parse=True) for k, v in vars(ns).items() if k in types}, ns
 
 # %% ../nbs/10_cli.ipynb #60674692
 class LineReporter:

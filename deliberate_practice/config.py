@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['DEVICE_TYPES', 'SELECTIONS', 'LEGACY_SELECTIONS', 'SCORE_METRICS', 'SCHEDULERS', 'PRECISIONS', 'DATASETS',
-           'TYPE_NAMES', 'MAXIMA', 'MAXIMA_WHY', 'PRESETS', 'device_type', 'legacy_selection', 'DPConfig', 'preset',
-           'steps_per_epoch', 'in_decay_phase', 'Sampling', 'initial_sampling', 'refresh_sampling', 'config_from_file']
+           'TYPE_NAMES', 'MAXIMA', 'MAXIMA_WHY', 'PRESETS', 'device_type', 'legacy_selection', 'DPConfig',
+           'check_value', 'preset', 'steps_per_epoch', 'in_decay_phase', 'Sampling', 'initial_sampling',
+           'refresh_sampling', 'config_from_file']
 
 # %% ../nbs/00_config.ipynb #94d2603c
 import dataclasses, json, math, numbers, re
@@ -97,20 +98,33 @@ MAXIMA_WHY = dict(omega='a weight of the unit-RMS entropy gradient: far beyond i
                   seed='numpy seeds are 32-bit', guide_every='DDIM steps', test_every='epochs')
 
 # %% ../nbs/00_config.ipynb #ec3144ea
-def _check_type(name, v, tp):
-    "`v` converted to the field type `tp` (int, float, str, bool or `X|None`), or ValueError naming the field."
+def check_value(name:str,          # what the value is, for the message: a field, a flag, an argument
+                v,                 # the value
+                tp,                # its type: int, float, bool, str or `X|None`
+                lo=None, hi=None,  # the closed range it must lie in (None: unbounded)
+                lo_open:bool=False,  # exclude `lo` itself
+                parse:bool=False,  # `v` may be a string to convert (a command-line flag; 'none' for None)
+               ):
+    "`v` as the type `tp`, checked; else a ValueError that names `name` and what it must be. The one validator of settings, flags and widget values."
     if getattr(tp, '__args__', None):                               # X|None
-        if v is None: return None
+        if v is None or (parse and isinstance(v, str) and v.lower() == 'none'): return None
         tp = next(t for t in tp.__args__ if t is not type(None))
+    given = v
+    if parse and isinstance(v, str) and tp in (int, float):
+        try: v = given = tp(v)
+        except ValueError: raise ValueError(f"{name} must be {TYPE_NAMES[tp]}, got {given!r}") from None
     ok = {int: isinstance(v, numbers.Integral) and not isinstance(v, bool),
           float: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),
           bool: isinstance(v, bool), str: isinstance(v, str) and v != ''}[tp]
-    if not ok: raise ValueError(f"{name} must be {TYPE_NAMES[tp]}, got {v!r}")
+    in_range = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi)
+    if not in_range:
+        where = '' if lo is None and hi is None else f" in {'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ValueError(f"{name} must be {TYPE_NAMES[tp]}{where}, got {given!r}")
     return tp(v)
 
 # %% ../nbs/00_config.ipynb #e1af34f9
 def _validate(c:DPConfig):
-    for f in dataclasses.fields(c): setattr(c, f.name, _check_type(f.name, getattr(c, f.name), f.type))
+    for f in dataclasses.fields(c): setattr(c, f.name, check_value(f.name, getattr(c, f.name), f.type))
     c.selection = legacy_selection(c.selection)
     def need(ok, field, rule):
         if not ok: raise ValueError(f"{field} must be {rule}, got {getattr(c, field)!r}")

@@ -77,3 +77,17 @@ def test_exported_cells_are_small():
                 sizes.append(sum(1 for l in src.splitlines() if l.strip() and not l.startswith('#|')))
     sizes.sort()
     assert sizes[len(sizes) // 2] <= 10, f"median exported cell: {sizes[len(sizes) // 2]} lines"
+
+
+def test_exported_cells_come_with_examples():
+    "No more than 2 exported cells in a row without an example or test between them."
+    long = {}
+    for p in sorted(NBS.glob('[0-9][0-9]_*.ipynb')):
+        kinds = ''
+        for c in json.loads(p.read_text())['cells']:
+            src = ''.join(c['source'])
+            kinds += 'E' if c['cell_type'] == 'code' and re.search(r'^#\|\s*export\s*$', src, re.M) and 'default_exp' not in src else \
+                     ('T' if c['cell_type'] == 'code' else '')
+        runs = [len(r) for r in re.findall('E+', kinds)]
+        if max(runs, default=0) > 2: long[p.name] = max(runs)
+    assert not long, f"exported cells in a row without an example: {long}"
