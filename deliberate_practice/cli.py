@@ -13,7 +13,7 @@ __all__ = ['CHOICES', 'GIB', 'MIB', 'GUIDANCE_VIEW_MIB', 'UNET_MIB_PER_LATENT_PX
 import argparse, dataclasses, json, math, os, sys, textwrap, time
 from pathlib import Path
 from fastcore.docments import docments
-from .config import (DPConfig, PRESETS, TYPE_NAMES, preset, check_value, config_from_file, SELECTIONS, SCORE_METRICS, SCHEDULERS,
+from .config import (DPConfig, PRESETS, preset, check_value, config_from_file, SELECTIONS, SCORE_METRICS, SCHEDULERS,
                                         DATASETS, PRECISIONS, device_type, in_decay_phase, steps_per_epoch)
 
 # %% ../nbs/10_cli.ipynb #751288f9

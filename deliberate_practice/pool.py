@@ -6,7 +6,7 @@
 __all__ = ['METRICS', 'SELECTIONS', 'difficulty', 'score_batches', 'Pool', 'sample_range']
 
 # %% ../nbs/07_pool.ipynb #fd0f0bd1
-import copy, json, math
+import copy, math
 from pathlib import Path
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from fastprogress.fastprogress import progress_bar
 from .config import SCORE_METRICS, SELECTIONS as RUN_SELECTIONS, Sampling, legacy_selection
 from .data import check_labels, balanced_labels
 from .guidance import entropy, eval_mode
-from .store import (INDEX, FORMAT, LabelledImages, as_float, open_shards, rank_world, process_slice, gather_cat, reporter,
+from .store import (LabelledImages, as_float, open_shards, rank_world, process_slice, gather_cat, reporter,
                                        scratch_name, load_part, save_part, module_device_dtype)
 
 # %% ../nbs/07_pool.ipynb #a7b5680f

@@ -8,13 +8,11 @@ __all__ = ['POOL', 'INIT', 'EPOCH', 'REFRESH', 'EVAL_BATCH_SIZE', 'LARGE_SPLIT',
 
 # %% ../nbs/08_trainer.ipynb #3aa7e536
 import dataclasses, json, math, random, sys, time, numbers
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-import numpy as np
 import torch
 from torch import nn, Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, Subset
 from fastprogress.fastprogress import master_bar, progress_bar
 from fastcore.basics import patch
 from timm.data import Mixup
@@ -136,17 +134,20 @@ def _dist(self:DPTrainer): return self.dist if self.world > 1 else None
 @patch(as_prop=True)
 def scratch(self:DPTrainer):
     "Folder of finished generation slices (several processes, or an on-disk pool), or None."
-    on_disk = not dataset_entry(self.cfg.dataset).in_memory
-    return self.out / 'scratch' if self.out is not None and (self.world > 1 or on_disk) else None
+    return self.out / 'scratch' if self.out is not None and (self.world > 1 or self.pool_root is not None) else None
+
+@patch(as_prop=True)
+def pool_root(self:DPTrainer):
+    "Folder of the on-disk pool (a dataset whose pool is not held in memory, in a run with `out`), or None."
+    return self.out / 'pool' if self.out is not None and not dataset_entry(self.cfg.dataset).in_memory else None
 
 # %% ../nbs/08_trainer.ipynb #51b98439
 @patch
 def build_pool(self:DPTrainer):
     "The initial pool (round 0): balanced labels, `cfg_scale_init`, no feedback."
     c, t0 = self.cfg, time.perf_counter()
-    root = self.out / 'pool' if (self.out is not None and not dataset_entry(c.dataset).in_memory) else None
     self.pool = Pool.generate(self.generator, balanced_labels(c.pool_size, self.generator.n_classes), initial_sampling(c), derive_seed(c.seed, POOL),
-                              root=root, progress=self.progress, dist=self._dist, scratch=self.scratch)
+                              root=self.pool_root, progress=self.progress, dist=self._dist, scratch=self.scratch)
     self.wall_s += time.perf_counter() - t0
 
 # %% ../nbs/08_trainer.ipynb #4bf79107
