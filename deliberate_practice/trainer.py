@@ -4,13 +4,15 @@
 
 # %% auto #0
 __all__ = ['POOL', 'INIT', 'EPOCH', 'REFRESH', 'EVAL_BATCH_SIZE', 'LARGE_SPLIT', 'NONFINITE_KEYS', 'wsd_lr', 'cosine_lr',
-           'DPTrainer']
+           'augment_batch', 'DPTrainer']
 
 # %% ../nbs/08_trainer.ipynb #3aa7e536
 import dataclasses, json, math, random, sys, time, numbers
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 import torch
+import torch.nn.functional as F
 from torch import nn, Tensor
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from fastprogress.fastprogress import master_bar, progress_bar
@@ -19,7 +21,8 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from .guidance import entropy, eval_mode
-from .config import DPConfig, PRESETS, preset, TYPE_NAMES, in_decay_phase, steps_per_epoch, initial_sampling, refresh_sampling
+from .config import (DPConfig, PRESETS, preset, TYPE_NAMES, in_decay_phase, steps_per_epoch, process_batches,
+                                        initial_sampling, refresh_sampling)
 from .pool import Pool
 from .models import accuracy
 from .data import dataset_entry, balanced_labels, as_dataset
@@ -58,6 +61,28 @@ def cosine_lr(step:int,              # optimizer step (0-based)
 # %% ../nbs/08_trainer.ipynb #4d45d0bb
 POOL, INIT, EPOCH, REFRESH = range(4)   # random streams of a run
 
+# %% ../nbs/08_trainer.ipynb #36f04412
+def augment_batch(x:Tensor,                  # (B, C, H, W) images
+                  how:str,                   # `config.POOL_AUGMENTS`: 'none' or 'crop_flip'
+                  generator:torch.Generator, # draws the crops and flips (on the CPU)
+                  part:tuple=(0, 1),         # (k, K): `x` is part k of a batch cut in K equal parts (this process's share of the global batch)
+                  scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),  # torchvision's RandomResizedCrop defaults
+                 )->Tensor:                  # the images, same shape
+    "A random-resized crop and a horizontal flip per image, resized back to (H, W), bilinear."
+    if how == 'none': return x
+    n = len(x) * part[1]                                                                      # drawn for the whole batch ...
+    area = torch.empty(n).uniform_(*scale, generator=generator)
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    w, h = (area * log_r.exp()).sqrt().clamp(max=1), (area / log_r.exp()).sqrt().clamp(max=1)   # crop sides, fractions of W and H
+    cx, cy = [(torch.rand(n, generator=generator) * 2 - 1) * (1 - s) for s in (w, h)]          # crop centres, inside the image
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, cx, h, cy
+    theta = theta[part[0] * len(x):(part[0] + 1) * len(x)]                                    # ... so that 1 or K processes crop alike
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+
 # %% ../nbs/08_trainer.ipynb #52469a5b
 def _default_parts(cfg, generator, data, classifier, device=None):
     "Generator, real data and classifier for `cfg.dataset`, where not given."
@@ -87,7 +112,7 @@ class DPTrainer:
         self.dist, self.acc = distributed_state(cfg), make_accelerator(cfg)      # bound to this process's device before any model is built
         self.world, self.is_main = self.dist.num_processes, self.dist.is_main_process
         if out is not None and self.is_main: open_run_folder(out, fresh)          # checked and locked before anything is loaded or generated
-        if cfg.batch_size % self.world: raise ValueError(f"batch_size must be a multiple of the number of processes ({self.world}), got {cfg.batch_size}")
+        self.per_process, self.micro_batch, self.accum_steps = process_batches(cfg, self.world)   # the global batch, however many processes
         self.cfg, self.out, self.progress, self.callbacks = cfg, out and Path(out), progress if self.is_main else False, list(callbacks)
         self.device = run_device(cfg)
         self.generator, self.data, model = _default_parts(cfg, generator, data, classifier, self.device)
@@ -150,6 +175,20 @@ def build_pool(self:DPTrainer):
                               root=self.pool_root, progress=self.progress, dist=self._dist, scratch=self.scratch)
     self.wall_s += time.perf_counter() - t0
 
+# %% ../nbs/08_trainer.ipynb #a7c31e03
+@patch
+def accumulate(self:DPTrainer, x:Tensor, y:Tensor)->Tensor:
+    "Backward passes of the loss of (x, y), `micro_batch` images at a time; returns the summed entropy of the logits."
+    m, parts, ent = self.train_model, list(zip(x.split(self.micro_batch), y.split(self.micro_batch))), 0.
+    for k, (xm, ym) in enumerate(parts):
+        with self.acc.no_sync(m) if self.world > 1 and k < len(parts) - 1 else nullcontext():
+            logits = m(xm)
+            loss = self.loss_fn(logits, ym)
+            self.acc.backward(loss if len(parts) == 1 else loss * (len(xm) / len(x)))
+        ent = ent + entropy(logits.detach()).sum()
+    return ent
+
+
 # %% ../nbs/08_trainer.ipynb #4bf79107
 @patch
 def train_epoch(self:DPTrainer)->tuple:
@@ -161,17 +200,18 @@ def train_epoch(self:DPTrainer)->tuple:
     m = self.train_model
     if self.world > 1: dl = self.acc.prepare_data_loader(dl)          # each process: its share of each global batch
     ent, n = torch.zeros((), device=dev), 0
+    crops = torch.Generator().manual_seed(derive_seed(c.seed, EPOCH, self.epoch, 2))
     m.train()
     with seeded(derive_seed(c.seed, EPOCH, self.epoch, 1)):
         for x, y in (progress_bar(dl, parent=self.mb, leave=False) if self.progress is True else dl):
             x, y = x.to(dev), y.to(dev)
+            x = augment_batch(x, c.pool_augment, crops, (self.dist.process_index, self.world))
             if self.mixup is not None: x, y = self.mixup(x, y)
-            logits = m(x)
-            loss = self.loss_fn(logits, y)
-            self.opt.zero_grad(set_to_none=True); self.acc.backward(loss); self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            ent += self.accumulate(x, y); n += len(x)
+            self.opt.step()
             lr = self.sched.get_last_lr()[0]; self.sched.step(); self.step += 1
             if self.ema is not None: self.ema.update(m, step=self.step)
-            ent += entropy(logits.detach()).sum(); n += len(x)
     if self.world > 1:
         ent, n = self.acc.gather(torch.stack([ent, torch.tensor(float(n), device=dev)])[None]).sum(0)
         self._sync_buffers()

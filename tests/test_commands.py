@@ -52,7 +52,7 @@ def test_command_resolves_to_what_it_claims(src, cmd, argv, tmp_path):
         assert c == trainer.preset(getattr(ns, 'preset', dataset), **kw).to_dict()
         assert c['dataset'] == dataset
         if dataset in IMAGENET:
-            assert (c['pool_size'], c['model'], c['omega'], c['cfg_scale'], c['patience']) == (IMAGENET[dataset], 'vit_base_patch16_224', 0.05, 3.0, 8)
+            assert (c['pool_size'], c['model'], c['omega'], c['cfg_scale'], c['patience']) == (IMAGENET[dataset], 'vit_base_patch16_224', 0.05, 4.0, 8)
             assert (c['device'], c['mixed_precision'], c['image_size']) == ('cuda', 'bf16', 224)
         else: assert c == trainer.DPConfig(**kw).to_dict()               # digits: the DPConfig defaults, which are the reproduction's dp-p8-100 row
         return

@@ -118,3 +118,50 @@ def test_dp_reproduce_two_processes_writes_once(tmp_path):
     assert two[0]['n_generated'] == 100 and two[1]['refreshes'] >= 1
     left = [p.name for p in (tmp_path / 'two').rglob('*') if '.tmp' in p.name]
     assert not left, left                                                                  # no temp file from a second writer
+
+STEP_SETUP = textwrap.dedent('''
+    import torch
+    from deliberate_practice.config import DPConfig
+    from deliberate_practice.pool import Pool
+    from deliberate_practice.trainer import DPTrainer
+    def first_update(cfg):
+        "A trainer of `cfg` with a BatchNorm-free classifier and a fixed pool of 16 random images, before its first epoch."
+        clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        torch.nn.init.normal_(clf[1].weight, std=0.3, generator=torch.Generator().manual_seed(0)); torch.nn.init.zeros_(clf[1].bias)
+        tr = DPTrainer(cfg, classifier=clf)
+        tr.pool = Pool(torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 10)
+        return tr
+''')
+STEP_SCRIPT = STEP_SETUP + textwrap.dedent('''
+    import sys
+    torch.set_num_threads(1)
+    tr = first_update(DPConfig(**eval(sys.argv[2])))
+    tr.train_epoch()
+    if tr.is_main: torch.save({**{k: v.detach() for k, v in tr.model.state_dict().items()},
+                               **{'grad.' + k: p.grad for k, p in tr.model.named_parameters()}}, sys.argv[1])
+    print('world', tr.world, 'accumulation', tr.accum_steps, flush=True)
+''')
+
+def test_first_update_same_on_one_and_two_processes(tmp_path):
+    "The global batch is one setting: 2 processes x (2 passes of 4), and 1 process in one pass of 16 or 4 passes of 4, make the same first update."
+    ns = {}; exec(STEP_SETUP, ns)
+    kw = dict(pool_size=16, batch_size=16, epochs=4, pool_augment='crop_flip', lr=0.05)   # one epoch = one step of 16 images
+    (tmp_path / 'step.py').write_text(STEP_SCRIPT)
+    r = _launch([str(tmp_path / 'step.py'), str(tmp_path / 'two.pt'), repr({**kw, 'device_batch_size': 3})])   # 8 a process: 3 + 3 + 2
+    if 'world 2' not in r.stdout:
+        if shutil.which('accelerate') is None or 'deliberate_practice' not in r.stderr: pytest.skip(f"accelerate launch could not start 2 processes here: {r.stderr[-300:]}")
+        pytest.fail(r.stderr[-3000:])
+    assert 'world 2 accumulation 3' in r.stdout
+    ones = {}
+    for dbs in (None, 5):                                                          # 16 in one pass, or 5 + 5 + 5 + 1
+        tr = ns['first_update'](ns['DPConfig'](**kw, device_batch_size=dbs))
+        before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+        tr.train_epoch()
+        assert tr.accum_steps == (1 if dbs is None else 4)
+        ones[dbs] = {**tr.model.state_dict(), **{'grad.' + k: p.grad for k, p in tr.model.named_parameters()}}
+    two = torch.load(tmp_path / 'two.pt')
+    moved = max((ones[None][k] - before[k]).abs().max().item() for k in before)
+    assert moved > 1e-3                                                            # the step did move the weights
+    for k in ones[None]:                                                           # the weights after the step, and its gradient
+        torch.testing.assert_close(ones[5][k], ones[None][k], atol=1e-6, rtol=1e-5)   # accumulation = one pass
+        torch.testing.assert_close(two[k], ones[None][k], atol=1e-6, rtol=1e-5)       # 2 processes = 1 process
