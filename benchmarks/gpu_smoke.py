@@ -8,10 +8,11 @@ Measured side by side in one run, through the package's objects (`StableDiffusio
     and peak GPU memory (torch.cuda.max_memory_allocated) against the CPU prediction in full_size_cpu.json when it is there;
   - training: one ViT-B/16 epoch on a random 1,024-image `Pool` (batch 256, bf16 autocast, AdamW): images per second, peak memory.
 The guidance classifier runs in fp32, as the trainer's refresh runs its EMA model. Writes JSON (--out). Never asserts on time.
-The batch-size defaults are what `full_size.py` recommends for a 40 GB GPU (its part e): gen_batch_size 64, guidance_batch_size 8
-(smaller in --tiny mode, which proves the code path and whose timings mean nothing).
+The batch-size defaults are the ImageNet presets' (00_config): gen_batch_size 64, guidance_batch_size 4, which with the FGDS form
+(through the UNet) fit a 40 GB GPU by `dp-train --dry-run`'s estimate (smaller in --tiny mode, which proves the code path and whose
+timings mean nothing). The FGDS row's peak adds the UNet's graph (1.49 GiB per guided image) to the prediction printed below.
 
-    python benchmarks/gpu_smoke.py [--gen-batch-size 64] [--guidance-batch-size 8] [--gradient-checkpointing] [--out gpu_smoke.json]
+    python benchmarks/gpu_smoke.py [--gen-batch-size 64] [--guidance-batch-size 4] [--gradient-checkpointing] [--out gpu_smoke.json]
     OMP_NUM_THREADS=2 python benchmarks/gpu_smoke.py --device cpu --tiny      # the same code path in seconds, without a GPU
 """
 import argparse, json, time
@@ -69,6 +70,7 @@ def bench_sampling(a, device, gen, gen_taesd, clf)->dict:
     kw = dict(cfg_scale=CFG_SCALE, classifier=clf, batch_size=a.gen_batch_size, guidance_batch_size=a.guidance_batch_size)
     modes = [('plain CFG', gen, dict(omega=0.0)), ('guided, every step', gen, dict(omega=OMEGA)),
              (f'guided, guide_every={a.guide_every}', gen, dict(omega=OMEGA, guide_every=a.guide_every)),
+             (f'FGDS form (preset), guide_every={a.guide_every}', gen, dict(omega=OMEGA, guide_every=a.guide_every, guidance_form='fgds')),
              ('guided, every step, TAESD view', gen_taesd, dict(omega=OMEGA))]
     for _, g, m in modes: g.sample(labels, n_steps=1, **kw, **m)   # warm-up at the timed shapes: kernels, cuDNN autotuning
     z = torch.randn(a.gen_batch_size, *gen.latent_shape, device=device)
@@ -139,7 +141,7 @@ def main():
     p.add_argument('--device', default='cuda')
     p.add_argument('--tiny', action='store_true', help="tiny SD components and timm 'test_vit' (proves the code path on a CPU)")
     p.add_argument('--gen-batch-size', type=int, default=None, help='images per generation batch (default: 64; tiny: 16)')
-    p.add_argument('--guidance-batch-size', type=int, default=None, help='images per guidance backward (default: 8; tiny: 4)')
+    p.add_argument('--guidance-batch-size', type=int, default=None, help="images per guidance backward (default: the preset's, 4; tiny: 4)")
     p.add_argument('--gradient-checkpointing', action='store_true', help="checkpoint the guidance view's decoder")
     p.add_argument('--guide-every', type=int, default=PRESETS['imagenet100']['guide_every'], help="the preset's guide_every row")
     p.add_argument('--n-steps', type=int, default=5, help='DDIM steps timed (a multiple of --guide-every keeps its guided fraction exact)')
@@ -147,7 +149,7 @@ def main():
     p.add_argument('--train-batch-size', type=int, default=None, help='training batch (default: 256; tiny: 64)')
     p.add_argument('--out', default='gpu_smoke.json')
     a = p.parse_args()
-    for k, full, tiny in (('gen_batch_size', 64, 16), ('guidance_batch_size', 8, 4), ('train_images', 1024, 256), ('train_batch_size', 256, 64)):
+    for k, full, tiny in (('gen_batch_size', 64, 16), ('guidance_batch_size', PRESETS['imagenet100']['guidance_batch_size'], 4), ('train_images', 1024, 256), ('train_batch_size', 256, 64)):
         if getattr(a, k) is None: setattr(a, k, tiny if a.tiny else full)
     for k in ('gen_batch_size', 'guidance_batch_size', 'guide_every', 'n_steps', 'train_images', 'train_batch_size'):
         if getattr(a, k) < 1: raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")

@@ -6,8 +6,8 @@
 __all__ = ['NULL_LABEL', 'DIGITS_SCHEDULE', 'DIGITS_UNET_CONFIG', 'DIGITS_TRAINING', 'DIGITS_WEIGHTS', 'SD_SUBFOLDERS',
            'SD_CONFIGS', 'DRIVEN', 'GENERATOR_LOADERS', 'Generator', 'initial_noise', 'DiffusionGenerator',
            'digits_unet', 'train_digits_generator', 'digits_weights', 'save_digits_unet', 'DigitsGenerator',
-           'load_digits_generator', 'StableDiffusionGenerator', 'unsupported_sd', 'check_sd_folder', 'build_parts',
-           'tiny_sd_components', 'tiny_taesd']
+           'load_digits_generator', 'prompt_table', 'StableDiffusionGenerator', 'unsupported_sd', 'check_sd_folder',
+           'build_parts', 'tiny_sd_components', 'tiny_taesd']
 
 # %% ../nbs/05_generators.ipynb #26f787d4
 import json
@@ -63,6 +63,9 @@ class DiffusionGenerator:
     sampler_kw = {}            # spacing, steps_offset, prediction_type, final_alpha_bar of the model's schedule
     @property
     def n_classes(self)->int: return len(self.class_names)
+    def denoiser_at(self, labels:Tensor, index:Tensor):
+        "The denoiser of images `index` of a call (as `initial_noise` counts them); by default `denoiser(labels)`."
+        return self.denoiser(labels)
     def guidance_view(self, x0_hat:Tensor)->Tensor:
         "The classifier input the entropy gradient goes through (differentiable); by default `decode`."
         return self.decode(x0_hat)
@@ -88,8 +91,11 @@ class DiffusionGenerator:
         imgs, parts, bars = [torch.empty(0, *self.image_shape)], [], progress is True
         for s in (progress_bar(starts, leave=False) if bars and len(starts) > 1 else starts):
             lab = labels[s:s + batch_size].to(self.device)
-            x0, st = guided_ddim_sample(self.denoiser(lab), x_T[s:s + batch_size].to(self.device), self.alpha_bar, n_steps,
-                                        cfg_scale, omega, classifier, self.guidance_view, progress=bars and len(starts) == 1, **kw)
+            idx = torch.arange(first_index + s, first_index + s + len(lab))        # the images' indices in the call
+            rows = lambda r, lab=lab, idx=idx: self.denoiser_at(lab[r], idx[r])     # the denoiser of some rows: through-denoiser micro-batches
+            x0, st = guided_ddim_sample(self.denoiser_at(lab, idx), x_T[s:s + batch_size].to(self.device), self.alpha_bar, n_steps,
+                                        cfg_scale, omega, classifier, self.guidance_view, progress=bars and len(starts) == 1,
+                                        denoise_rows=rows, **kw)
             with torch.no_grad(): imgs.append(self.decode(x0).float().cpu())
             parts.append((st, len(lab)))
             if callable(progress): progress(len(lab))
@@ -240,13 +246,22 @@ def _guidance_decoder(decoder, device, dtype, latent_channels:int):
         raise ValueError(f"guidance_decoder has {decoder.config.latent_channels} latent channels, the UNet {latent_channels}")
     return (decoder.to(device) if decoder.dtype == dtype else decoder.to(device, dtype)).eval().requires_grad_(False)
 
+# %% ../nbs/05_generators.ipynb #b2e8c0bc
+def prompt_table(prompts:list, # per class a prompt or a list of prompts
+                )->tuple:      # (distinct prompts in order of first use, per class the list of their rows)
+    "The distinct prompts to encode once, and each class's rows among them."
+    distinct, rows = {}, []
+    for p in prompts: rows.append([distinct.setdefault(q, len(distinct)) for q in ([p] if isinstance(p, str) else p)])
+    return list(distinct), rows
+
+
 # %% ../nbs/05_generators.ipynb #4405efb0
 class StableDiffusionGenerator(DiffusionGenerator):
-    "Class-conditional sampling from a text-to-image latent diffusion model (Stable Diffusion), one prompt per class."
+    "Class-conditional sampling from a text-to-image latent diffusion model (Stable Diffusion), one prompt (or a list) per class."
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler,  # diffusers/transformers components
                  class_names:list,                      # one name per class
                  prompt_template:str="a photo of a {name}", # the prompt of a class: `{name}` (or `{}`) is its name
-                 prompts:list=None,                     # one prompt per class, instead of `prompt_template`
+                 prompts:list=None,                     # per class a prompt or a list of prompts used in turn (not `prompt_template`)
                  negative_prompt:str="",                # the unconditional prompt of classifier-free guidance
                  image_size:int=None,                   # generated image side (None: the UNet's native size, 512 for SD 1.5)
                  classifier_size=None,                  # int or (h, w): decoded images are resized to it, for guidance and in the output (None: no resize)
@@ -258,13 +273,17 @@ class StableDiffusionGenerator(DiffusionGenerator):
                 ):
         if not class_names: raise ValueError(f"class_names must be a non-empty list, got {class_names!r}")
         if prompts is not None and len(prompts) != len(class_names): raise ValueError(f"prompts must hold one prompt per class ({len(class_names)}), got {len(prompts)}")
+        for c, p in enumerate(prompts or []):
+            if not (isinstance(p, str) or isinstance(p, (list, tuple)) and p and all(isinstance(q, str) for q in p)):
+                raise ValueError(f"prompts[{c}] must be a prompt or a non-empty list of prompts, got {p!r}")
         c = scheduler.config
         if c.get('clip_sample') or c.get('thresholding'): raise ValueError("scheduler: clip_sample/thresholding are not supported by guided_ddim_sample; set them to False")
         self.device, self.dtype = _device_and_dtype(device, dtype)
         self.unet, self.vae, self.text_encoder = [(m.to(self.device) if m.dtype == self.dtype else m.to(self.device, self.dtype)).eval().requires_grad_(False)
                                                   for m in (unet, vae, text_encoder)]
         self.tokenizer, self.scheduler, self.class_names = tokenizer, scheduler, list(class_names)
-        self.prompts = list(prompts) if prompts is not None else [prompt_template.format(n, name=n) for n in self.class_names]
+        self.prompts = [p if isinstance(p, str) else list(p) for p in prompts] if prompts is not None else \
+                       [prompt_template.format(n, name=n) for n in self.class_names]
         self.guidance_decoder = _guidance_decoder(guidance_decoder, self.device, self.dtype, unet.config.in_channels)
         if attention_slicing is not None: self.unet.set_attention_slice(attention_slicing); self.vae.enable_slicing()
         if gradient_checkpointing: (self.guidance_decoder or self.vae).enable_gradient_checkpointing()
@@ -280,7 +299,8 @@ class StableDiffusionGenerator(DiffusionGenerator):
         self.alpha_bar = scheduler.alphas_cumprod.float()
         self.sampler_kw = dict(spacing=c.timestep_spacing, steps_offset=c.steps_offset, prediction_type=c.prediction_type,
                                final_alpha_bar=1.0 if c.set_alpha_to_one else self.alpha_bar[0].item())
-        self.cond_emb = self.encode_prompts(self.prompts)
+        distinct, self.prompt_rows = prompt_table(self.prompts)
+        self.cond_emb = self.encode_prompts(distinct)            # one row per distinct prompt
         self.uncond_emb = self.encode_prompts([negative_prompt])
 
 # %% ../nbs/05_generators.ipynb #3770a742
@@ -294,9 +314,13 @@ def encode_prompts(self:StableDiffusionGenerator, prompts:list)->Tensor:
 
 # %% ../nbs/05_generators.ipynb #d94ecd02
 @patch
-def denoiser(self:StableDiffusionGenerator, labels:Tensor):
+def denoiser(self:StableDiffusionGenerator, labels:Tensor,
+             index:Tensor=None): # the images' indices in the call, which pick each one's prompt (None: 0, 1, ...)
     "fn(z_t, t) -> (out_uncond, out_cond): one UNet pass of [z_t, z_t] with [empty prompt, class prompts], in float32."
-    emb = torch.cat([self.uncond_emb.expand(len(labels), -1, -1), self.cond_emb[labels]])
+    index = torch.arange(len(labels)) if index is None else index
+    pr = self.prompt_rows
+    rows = torch.tensor([pr[c][k % len(pr[c])] for c, k in zip(labels.tolist(), index.tolist())], dtype=torch.long)
+    emb = torch.cat([self.uncond_emb.expand(len(labels), -1, -1), self.cond_emb[rows.to(self.cond_emb.device)]])
     return lambda z, t: self.unet(torch.cat([z, z]).to(self.dtype), t, encoder_hidden_states=emb).sample.float().chunk(2)
 
 # %% ../nbs/05_generators.ipynb #a6360335
@@ -306,6 +330,13 @@ def _to_images(self:StableDiffusionGenerator, decoded:Tensor)->Tensor:
     img = ((decoded.float() + 1) / 2).clamp(0, 1)
     if tuple(img.shape[-2:]) == self.image_shape[1:]: return img
     return F.interpolate(img, size=self.image_shape[1:], mode='bilinear', antialias=True, align_corners=False)
+
+# %% ../nbs/05_generators.ipynb #408d5922
+@patch
+def denoiser_at(self:StableDiffusionGenerator, labels:Tensor, index:Tensor):
+    "The denoiser of images `index` of a call: each image's prompt is its class's entry `index % len`."
+    return self.denoiser(labels, index)
+
 
 # %% ../nbs/05_generators.ipynb #8cefe8bd
 @patch

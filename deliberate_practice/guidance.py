@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['GRAD_NORMS', 'entropy', 'eval_mode', 'entropy_grad', 'normalize_grad', 'cfg_combine', 'entropy_shift', 'guided_eps',
-           'GuidanceStats', 'guided_ddim_sample']
+           'fgds_shift', 'GuidanceStats', 'guided_ddim_sample']
 
 # %% ../nbs/02_guidance.ipynb #c4510b0f
 import numbers
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from fastprogress.fastprogress import progress_bar
+from .config import GUIDANCE_FORMS
 from .ddim import alpha_bar_pairs, ddim_timesteps, ddim_step, predict_eps, predict_x0
 
 # %% ../nbs/02_guidance.ipynb #3269ddf7
@@ -96,6 +97,17 @@ def guided_eps(eps_uncond:Tensor,     # noise prediction without the condition
     "Combine classifier-free guidance and entropy guidance into $\\hat\\epsilon$ (eq. 5)."
     return entropy_shift(cfg_combine(eps_uncond, eps_cond, cfg_scale), alpha_bar_t, omega, grad)
 
+# %% ../nbs/02_guidance.ipynb #d7e6bb01
+def fgds_shift(x_t:Tensor,       # (B, ...) noisy sample at step t
+               grad:Tensor,      # (B, ...) raw entropy gradient d H / d x_t
+               omega:float,      # entropy-guidance weight (FGDS's `fg_scale`)
+              )->Tensor:         # x_t + omega ||x_t|| grad / ||grad|| per sample (zero grad: no move)
+    "FGDS's move of $x_t$: $x_t + \\omega \\lVert x_t\\rVert\\, g / \\lVert g\\rVert$ with per-sample L2 norms."
+    n, nx = grad.flatten(1).norm(dim=1), x_t.flatten(1).norm(dim=1)
+    scale = torch.where(n > 0, omega * nx / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(n))
+    return x_t + scale.view(-1, *[1] * (x_t.ndim - 1)) * grad
+
+
 # %% ../nbs/02_guidance.ipynb #b35dae6c
 @dataclass
 class GuidanceStats:
@@ -114,18 +126,25 @@ def _is_guided(i, n_steps, guide_every, guide_until): return i % guide_every == 
 def _finite(x:Tensor)->Tensor: return torch.isfinite(x.flatten(1)).all(1)
 
 # %% ../nbs/02_guidance.ipynb #6d38252e
-def _guidance_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type, batch_size=None):
-    "Noise prediction at x_t and the raw entropy gradient (eps detached, or through the denoiser), `batch_size` images per decoder backward."
+def _through_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, prediction_type, batch_size=None):
+    "Noise prediction at x_t (detached) and the entropy gradient through the denoiser, whose graph is kept for these images."
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        u, c = denoise(x, t)
+        eps = predict_eps(x, cfg_combine(u, c, cfg_scale), a_t, prediction_type)
+        x0_hat = predict_x0(x, eps, a_t)
+        return eps.detach(), torch.autograd.grad(x0_hat, x, _entropy_grad_x0(x0_hat, classifier, decode, batch_size))[0]
+
+def _guidance_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type, batch_size=None, denoise_rows=None):
+    "Noise prediction at x_t and the raw entropy gradient (eps detached, or through the denoiser), `batch_size` images per backward pass."
     if not through:
         u, c = denoise(x_t, t)
         eps = predict_eps(x_t, cfg_combine(u, c, cfg_scale), a_t, prediction_type)
         return eps, entropy_grad(x_t, eps, a_t, classifier, decode, batch_size)
-    with torch.enable_grad():
-        x = x_t.detach().requires_grad_(True)
-        u, c = denoise(x, t)                   # the whole batch, its graph kept for the one backward pass through the denoiser
-        eps = predict_eps(x, cfg_combine(u, c, cfg_scale), a_t, prediction_type)
-        x0_hat = predict_x0(x, eps, a_t)
-        return eps.detach(), torch.autograd.grad(x0_hat, x, _entropy_grad_x0(x0_hat, classifier, decode, batch_size))[0]
+    if denoise_rows is None or not batch_size or batch_size >= len(x_t): chunks = [(slice(None), denoise)]   # one graph, the whole batch
+    else: chunks = [(r, denoise_rows(r)) for r in (slice(s, s + batch_size) for s in range(0, len(x_t), batch_size))]
+    eps, g = zip(*(_through_grad(x_t[r], t, a_t, d, cfg_scale, classifier, decode, prediction_type, batch_size) for r, d in chunks))
+    return torch.cat(eps), torch.cat(g)
 
 # %% ../nbs/02_guidance.ipynb #e8acb95b
 def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, out_cond), the model's outputs
@@ -144,7 +163,10 @@ def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, 
                        guide_until:float=1.0,      # ... only during the first fraction of the steps
                        grad_through_denoiser:bool=False, # exact gradient through the denoiser
                        guidance_batch_size:int=None, # images per backward pass through decode and classifier (None: all); same images
-                       grad_norm:str="rms",        # gradient normalisation, see `normalize_grad`
+                       denoise_rows=None,          # fn(rows: slice) -> `denoise` of those rows: the gradient through the denoiser then
+                                                   # runs `guidance_batch_size` images at a time too (None: the whole batch in one graph)
+                       grad_norm:str="rms",        # gradient normalisation of the 'eps' form, see `normalize_grad`
+                       guidance_form:str="eps",    # 'eps': eq. 5 (in eps); 'fgds': `fgds_shift` of x_t, through the denoiser
                        final_alpha_bar:float=1.0,  # alpha_bar after the last step
                        generator:torch.Generator=None, # RNG for the eta > 0 noise
                        progress:bool=False,        # show a fastprogress bar
@@ -154,6 +176,8 @@ def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, 
     if omega > 0 and classifier is None: raise ValueError("classifier is required when omega > 0")
     if int(guide_every) != guide_every or guide_every < 1: raise ValueError(f"guide_every must be a positive integer, got {guide_every}")
     if not 0 <= guide_until <= 1: raise ValueError(f"guide_until must be in [0, 1], got {guide_until}")
+    if guidance_form not in GUIDANCE_FORMS:
+        raise ValueError(f"guidance_form must be one of {GUIDANCE_FORMS}, got {guidance_form!r}")
     if grad_norm not in GRAD_NORMS: raise ValueError(f"grad_norm must be one of {GRAD_NORMS}, got {grad_norm!r}")
     if guidance_batch_size is not None and (isinstance(guidance_batch_size, bool) or not isinstance(guidance_batch_size, numbers.Integral)
                                             or guidance_batch_size < 1):
@@ -165,24 +189,25 @@ def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, 
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if eta > 0 else None
             stats.n_steps += 1
             if omega > 0 and _is_guided(i, n_steps, guide_every, guide_until):
-                eps, g = _guidance_grad(x, t, a_t, denoise, cfg_scale, classifier, decode, grad_through_denoiser, prediction_type,
-                                        guidance_batch_size)
-                x = _guarded_step(x, eps, g, a_t, a_prev, omega, grad_norm, eta, noise, stats)
+                through = grad_through_denoiser or guidance_form == 'fgds'      # FGDS differentiates through the denoiser
+                eps, g = _guidance_grad(x, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type,
+                                        guidance_batch_size, denoise_rows)
+                x = _guarded_step(x, eps, g, a_t, a_prev, omega, grad_norm, eta, noise, stats, guidance_form)
             else:
                 u, c = denoise(x, t)
                 x = ddim_step(x, cfg_combine(u, c, cfg_scale), a_t, a_prev, eta, noise, prediction_type)
     return x, stats
 
 # %% ../nbs/02_guidance.ipynb #faa404ba
-def _guarded_step(x, eps, g, a_t, a_prev, omega, grad_norm, eta, noise, stats):
-    "One entropy-guided DDIM step, dropping non-finite gradients and redoing non-finite steps unguided."
+def _guarded_step(x, eps, g, a_t, a_prev, omega, grad_norm, eta, noise, stats, form='eps'):
+    "One entropy-guided DDIM step (`form` 'eps' or 'fgds'), dropping non-finite gradients, redoing non-finite steps unguided."
     ok = _finite(g)
     stats.n_guided_steps += 1
     stats.n_nonfinite += int((~ok).sum())
     g = torch.where(ok.view(-1, *[1] * (g.ndim - 1)), g, torch.zeros_like(g))
     stats.grad_norms.append(g.flatten(1).norm(dim=1).mean().item())
-    eps_hat = entropy_shift(eps, a_t, omega, normalize_grad(g, grad_norm))   # eq. 5's entropy term on the CFG-combined eps
-    x_new = ddim_step(x, eps_hat, a_t, a_prev, eta, noise)
+    if form == 'fgds': x_new = ddim_step(fgds_shift(x, g, omega), eps, a_t, a_prev, eta, noise)   # FGDS: move x_t, eps at x_t
+    else: x_new = ddim_step(x, entropy_shift(eps, a_t, omega, normalize_grad(g, grad_norm)), a_t, a_prev, eta, noise)  # eq. 5
     bad = ~_finite(x_new)
     if bad.any():
         stats.n_nonfinite += int(bad.sum())

@@ -66,6 +66,7 @@ def test_eta_uses_the_generator():
     (dict(omega=0.1, classifier=Linear(), guide_every=0), 'guide_every'),
     (dict(omega=0.1, classifier=Linear(), guide_until=1.5), 'guide_until'),
     (dict(omega=0.1, classifier=Linear(), grad_norm='l2'), 'grad_norm'),
+    (dict(omega=0.1, classifier=Linear(), guidance_form='x0'), 'guidance_form'), (dict(guidance_form=None), 'guidance_form'),
     *[(dict(omega=0.1, classifier=Linear(), guidance_batch_size=b), 'guidance_batch_size') for b in (0, -2, 1.5, True, '2')],
     (dict(n_steps=2000), 'n_steps'), (dict(spacing='random'), 'spacing')])
 def test_bad_input(kw, field):
@@ -80,13 +81,14 @@ def test_eval_mode_restores_every_submodule():
     assert m.training and m[0].training and not m[1].training
 
 
-@pytest.mark.parametrize('through', [False, True])
-def test_guidance_batch_size_gives_the_same_samples(through):
+@pytest.mark.parametrize('through,form', [(False, 'eps'), (True, 'eps'), (False, 'fgds')])
+def test_guidance_batch_size_gives_the_same_samples(through, form):
     "In float64 the chunked gradient is the whole-batch one to 1e-12, with eps detached or through the denoiser (float32 differs in the last bits only)."
     proto = PROTO.double()
     den = lambda x, t: (torch.tanh(x), torch.tanh(x + proto * (t / 1000)))
     clf = Linear().double()
-    kw = dict(n_steps=8, cfg_scale=3.0, omega=0.5, classifier=clf, grad_through_denoiser=through)
+    kw = dict(n_steps=8, cfg_scale=3.0, omega=0.5 if form == 'eps' else 0.05, classifier=clf, grad_through_denoiser=through,
+              guidance_form=form)
     full, st = guided_ddim_sample(den, x_T().double(), AB, **kw)
     for b in (1, 3, 4, 9):                                          # 4 images: chunks of 1, 3 + 1, one chunk, more than the batch
         out, st_b = guided_ddim_sample(den, x_T().double(), AB, guidance_batch_size=b, **kw)
@@ -100,3 +102,61 @@ def test_guidance_batch_size_bounds_the_backward_pass():
         def forward(self, x): seen.append(len(x)); return super().forward(x)
     guided_ddim_sample(denoise, x_T(), AB, 3, omega=0.1, classifier=Spy(), guidance_batch_size=3)
     assert seen == [3, 1] * 3
+
+
+# ---- the FGDS form (guidance_form='fgds') ---------------------------------------------------------------------------
+
+def _fgds_toy():
+    "A linear (uncond, cond) denoiser and a linear classifier in float64, a 10-step toy schedule, 3 starting samples."
+    g = torch.Generator().manual_seed(0)
+    A, B, b = (torch.randn(4, 4, generator=g, dtype=torch.float64) / 2 for _ in range(3))
+    den = lambda x, t: ((x.flatten(1) @ A).view_as(x), (x.flatten(1) @ B + b[0]).view_as(x))
+    W = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    clf = lambda x: x.flatten(1) @ W
+    return den, clf, torch.linspace(0.99, 0.3, 10, dtype=torch.float64), torch.randn(3, 1, 2, 2, generator=g, dtype=torch.float64)
+
+def _fgds_step_by_hand(den, clf, x_t, a_t, a_prev, omega, cfg_scale, x_norm=True, through=True, eps_at_moved=False):
+    "One FGDS step from its definition with autograd; the keyword switches give the wrong variants the test must tell apart."
+    x = x_t.clone().requires_grad_(True)
+    u, c = den(x, 9)
+    eps = u + cfg_scale * (c - u)
+    x0_hat = (x - (1 - a_t) ** 0.5 * (eps if through else eps.detach())) / a_t ** 0.5
+    p = clf(x0_hat).softmax(-1)
+    g, = torch.autograd.grad(-(p * p.log()).sum(), x)
+    per = lambda v: v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    moved = x_t + omega * (per(x_t) if x_norm else 1) * g / per(g)
+    if eps_at_moved: u, c = den(moved, 9); eps = u + cfg_scale * (c - u)
+    eps = eps.detach()
+    return a_prev ** 0.5 * (moved - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5 + (1 - a_prev) ** 0.5 * eps
+
+def test_fgds_one_step_equals_the_hand_computation():
+    den, clf, ab, x = _fgds_toy()
+    kw = dict(n_steps=1, spacing='trailing', final_alpha_bar=0.8, cfg_scale=2.0, omega=0.05, classifier=clf)   # t = 9: 0.3 -> 0.8
+    ours, st = guided_ddim_sample(den, x, ab, guidance_form='fgds', **kw)
+    want = _fgds_step_by_hand(den, clf, x, 0.3, 0.8, 0.05, 2.0)
+    assert (ours - want).abs().max() < 1e-12 and st.n_guided_steps == 1 and st.n_nonfinite == 0
+    for wrong in (dict(x_norm=False), dict(through=False), dict(eps_at_moved=True)):   # each mistake moves the result well beyond 1e-12
+        assert (_fgds_step_by_hand(den, clf, x, 0.3, 0.8, 0.05, 2.0, **wrong) - want).abs().max() > 1e-4, wrong
+    eps_form, _ = guided_ddim_sample(den, x, ab, grad_through_denoiser=True, **kw)
+    assert (eps_form - want).abs().max() > 1e-3                                       # not eq. 5's step
+
+def test_fgds_two_steps_and_guide_every():
+    "Two steps, the second unguided with guide_every=2: the hand step, then plain CFG DDIM."
+    den, clf, ab, x = _fgds_toy()
+    ours, st = guided_ddim_sample(den, x, ab, n_steps=2, spacing='trailing', cfg_scale=2.0, omega=0.1, classifier=clf,
+                                  guidance_form='fgds', guide_every=2, final_alpha_bar=1.0)
+    a_t, a_mid = ab[9].item(), ab[4].item()                                           # trailing: t = 9, then 4
+    mid = _fgds_step_by_hand(den, clf, x, a_t, a_mid, 0.1, 2.0)
+    u, c = den(mid, 4); eps = u + 2.0 * (c - u)
+    assert (ours - (mid - (1 - a_mid) ** 0.5 * eps) / a_mid ** 0.5).abs().max() < 1e-12 and st.n_guided_steps == 1
+
+def test_fgds_guards():
+    "A non-finite gradient is dropped (that sample takes the plain step), a zero one moves nothing, and nothing turns NaN."
+    den, clf, ab, x = _fgds_toy()
+    kw = dict(n_steps=3, cfg_scale=2.0, omega=0.1, guidance_form='fgds')
+    plain, _ = guided_ddim_sample(den, x, ab, n_steps=3, cfg_scale=2.0)
+    nan_first = lambda v: torch.cat([clf(v[:1]) * float('nan'), clf(v[1:])])
+    out, st = guided_ddim_sample(den, x, ab, classifier=nan_first, **kw)
+    assert torch.isfinite(out).all() and st.n_nonfinite == 3 and torch.equal(out[0], plain[0]) and (out[1:] - plain[1:]).abs().max() > 1e-3
+    flat, st = guided_ddim_sample(den, x, ab, classifier=lambda v: 0 * v.flatten(1)[:, :3], **kw)   # uniform: H = log 3, g = 0
+    assert torch.equal(flat, plain) and st.n_nonfinite == 0
