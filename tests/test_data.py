@@ -114,3 +114,52 @@ def test_digits_per_class_is_balanced_nested_and_from_the_split(seed):
 def test_digits_per_class_bad_k(k):
     from deliberate_practice.data import digits_per_class
     with pytest.raises(ValueError, match='k must be'): digits_per_class(digits_splits()['gen'], k)
+
+
+# The ImageNet-100 classes whose first WordNet lemma names something else, and the name their prompt uses (data.PROMPT_NAMES)
+AMBIGUOUS_IN100 = {'n03947888': ('pirate', 'pirate ship'), 'n02108089': ('boxer', 'boxer dog'), 'n04592741': ('wing', 'airplane wing'),
+                   'n03594734': ('jean', 'blue jean'), 'n03584829': ('iron', 'clothes iron'), 'n04067472': ('reel', 'fishing reel'),
+                   'n04493381': ('tub', 'vat'), 'n03017168': ('chime', 'orchestral chime'), 'n03032252': ('cinema', 'movie theater'),
+                   'n03930630': ('pickup', 'pickup truck'), 'n04336792': ('stretcher', 'medical stretcher'), 'n02123045': ('tabby', 'tabby cat'),
+                   'n02231487': ('walking stick', 'stick insect'), 'n04517823': ('vacuum', 'vacuum cleaner')}
+
+def test_imagenet100_prompt_names():
+    from deliberate_practice.data import imagenet_prompt_names
+    first, named = imagenet_class_names(IMAGENET100_WNIDS), imagenet_prompt_names(IMAGENET100_WNIDS)
+    assert {w: (f, n) for w, f, n in zip(IMAGENET100_WNIDS, first, named) if f != n} == AMBIGUOUS_IN100
+    assert 'pirate ship' in named[IMAGENET100_WNIDS.index('n03947888')]
+
+def test_imagenet_prompts_through_the_registry():
+    "The registry prompts ImageNet with cfg.prompt_template around the disambiguated name; no two of the 1000 prompts are alike (CLIP lower-cases)."
+    from deliberate_practice.config import DPConfig
+    from deliberate_practice.data import PROMPT_NAMES, dataset_entry
+    names, prompts = dataset_entry('imagenet1k').classes(DPConfig(dataset='imagenet1k', data_root='/in', sd_path='/sd', prompt_template='{name}'))
+    assert prompts == names and len({p.lower() for p in prompts}) == 1000
+    first = [f.lower() for f in imagenet_class_names()]
+    shared = {w for w, f in zip(IMAGENET1K_WNIDS, first) if first.count(f) > 1}
+    assert shared == {'n02012849', 'n03126707', 'n03710637', 'n03710721', 'n02113186', 'n02963159'}   # crane, maillot, Cardigan/cardigan twice
+    assert len(shared - set(PROMPT_NAMES)) == 1                               # one of each pair may keep its lemma: cardigan, the sweater
+    cfg = DPConfig(dataset='imagenet100', data_root='/in', sd_path='/sd', prompt_template='a photo of a {name}')
+    assert dataset_entry('imagenet100').classes(cfg)[1][IMAGENET100_WNIDS.index('n03947888')] == 'a photo of a pirate ship'
+
+BAD_PROMPTS = [  # (file text, the problem after "prompts '<file>'")
+    (None, " cannot be read (FileNotFoundError: No such file or directory): fix the path"),
+    ('{"owl": ', " is not JSON (Expecting value: line 1 column 9 (char 8))"),
+    ('"an owl"', ' holds a string, not an object'),
+    ('{"owl": "an owl", "eagle": "x", "hawk": "y"}', " names 2 class(es) that are no class of this run: 'eagle', 'hawk'; keys are class folder names"),
+    ('{"owl": ""}', ": class 'owl' has an empty prompt"),
+    ('{"owl": []}', ": class 'owl' has an empty list of prompts"),
+    ('{"owl": {"a": "b"}}', ": class 'owl' has an object: give a prompt or a list of prompts"),
+    ('{"owl": ["x", 1]}', ": class 'owl' has an array holding a non-string"),
+]
+
+@pytest.mark.parametrize('i', range(len(BAD_PROMPTS)))
+def test_bad_prompts_file(tmp_path, i):
+    "Every problem of a prompts file is one line that names the file, and the key where there is one."
+    from deliberate_practice.data import read_prompts
+    text, problem = BAD_PROMPTS[i]
+    f = tmp_path / 'p.json'
+    if text is not None: f.write_text(text)
+    given, problems = read_prompts(f, ['owl', 'red_kite'])
+    assert given == {} and len(problems) == 1 and '\n' not in problems[0]
+    assert problems[0].startswith(f"prompts {str(f)!r}{problem}"), problems[0]

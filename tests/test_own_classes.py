@@ -89,3 +89,30 @@ def test_registry_drives_the_trainer(parts):
         assert fin['test_acc'] is None and 0 <= fin['val_acc'] <= 1 and t.pool is not None
     finally:
         data.DATASETS.pop(e.name); config.DATASETS.pop(e.name)
+
+
+def test_prompts_file_reaches_the_generator(parts, tmp_path):
+    "--prompts wins over classes.json and the template for the classes it names, in the generator the trainer builds."
+    from deliberate_practice.config import preset
+    from deliberate_practice.generators import build_parts
+    f = tmp_path / 'prompts.json'; f.write_text(json.dumps({'owl': 'an owl at dusk', 'red_kite': 'a red kite over a field'}))
+    cfg = preset('folder', data_root=str(parts / 'birds'), sd_path=str(parts / 'sd'), device='cpu', prompts=str(f))
+    g, data = build_parts(cfg)
+    assert g.class_names == CLASSES and g.prompts == ['a photo of a blue jay', 'an owl at dusk', 'a red kite over a field']
+    f.write_text(json.dumps({'owl': 'an owl', 'eagle': 'an eagle'}))
+    with pytest.raises(ValueError, match=r"prompts .*prompts.json' names 1 class\(es\) that are no class of this run: 'eagle'"): build_parts(cfg)
+
+
+def test_registered_dataset_honours_prompts(tmp_path):
+    "A Stable Diffusion dataset registered in Python gets --prompts from the registry, keyed by its folder names."
+    from deliberate_practice import config, data
+    e = data.register_dataset(data.DatasetEntry('two_shapes', classes=lambda cfg: (['Round', 'Square'], ['a circle', 'a square']),
+                                                splits=lambda cfg, s: {}, check=lambda cfg: ({}, []), folders=lambda cfg: ['round', 'square']))
+    try:
+        f = tmp_path / 'p.json'; f.write_text(json.dumps({'square': ['a red square', 'a blue square']}))
+        cfg = config.DPConfig(dataset='two_shapes', data_root='/d', sd_path='/s', prompts=str(f))
+        assert e.classes(cfg) == (['Round', 'Square'], ['a circle', ['a red square', 'a blue square']]) and e.check(cfg) == ({}, [])
+        f.write_text(json.dumps({'Square': 'a square'}))                         # a class name, not its folder name
+        assert e.check(cfg)[1] == [f"prompts {str(f)!r} names 1 class(es) that are no class of this run: 'Square'; keys are class folder names, e.g. ['round', 'square']"]
+    finally:
+        data.DATASETS.pop(e.name); config.DATASETS.pop(e.name)
