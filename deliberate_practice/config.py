@@ -82,7 +82,7 @@ class DPConfig:
     data_root:str|None = None     # real images: the ImageNet root (train/, val/), or a folder dataset's root (val/<class>/, test/<class>/)
     sd_path:str|None = None       # Stable Diffusion weights folder in the diffusers layout: SD-1.x or SD-2.x (needed for the ImageNet and folder datasets)
     prompts:str|None = None       # Stable Diffusion: a JSON file {class folder name: prompt, or a list of prompts used in turn}; it wins over the rest
-    prompt_template:str = 'a photo of a {name}'  # Stable Diffusion: the prompt of a class ({name}: its name); a folder's classes.json overrides it per class
+    prompt_template:str = 'a photo of a {name}'  # Stable Diffusion: the prompt of a class ({name}: its name); classes.json and `prompts` override it per class
     device:str = 'cpu'            # torch device of classifier and generator
     seed:int = 0                  # seeds everything random in the run
 
@@ -163,7 +163,7 @@ def _epochs(iterations:int, pool_size:int, batch_size:int)->int:
 
 _IMAGENET = dict(patience=8, prune_frac=1.0, selection='easiest', scheduler='wsd', warmup_frac=0.1, decay_frac=0.2,
                  omega=0.05, guidance_form='fgds', cfg_scale=4.0, cfg_scale_init=3.0, n_steps=30, guide_every=5,
-                 prompt_template='{name}', gen_batch_size=64, guidance_batch_size=8, model='vit_base_patch16_224', image_size=224,
+                 prompt_template='{name}', gen_batch_size=64, guidance_batch_size=4, model='vit_base_patch16_224', image_size=224,
                  weight_decay=0.05, label_smoothing=0.11, mixup=0.5, cutmix=1.0, ema_decay=0.999, pool_augment='crop_flip',
                  device='cuda', mixed_precision='bf16', num_workers=8, test_every=0)
 PRESETS = {'digits': {},                                                    # the DPConfig defaults

@@ -68,7 +68,9 @@ def test_imagenet100_preset_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     fin = json.loads((out / 'final.json').read_text())
     c = fin['config']
-    assert (c['dataset'], c['pool_size'], c['mixed_precision'], c['mixup'], c['ema_decay'], c['test_every'], c['lr']) == ('imagenet100', 8, 'bf16', 0.5, 0.998, 0, 3e-3)
+    from deliberate_practice.config import PRESETS
+    assert (c['dataset'], c['pool_size']) == ('imagenet100', 8)
+    assert all(c[k] == PRESETS['imagenet100'][k] for k in ('mixed_precision', 'mixup', 'ema_decay', 'test_every', 'lr'))   # the preset, read from PRESETS
     hist = [json.loads(l) for l in (out / 'history.jsonl').read_text().splitlines()]
     assert [h['test_acc'] is None for h in hist] == [True, True, False]          # the real test split (ImageNet train/) only at the end
     assert fin['test_acc'] == hist[-1]['test_acc'] and 0 <= fin['test_acc'] <= 1
@@ -129,6 +131,69 @@ def test_dry_run_memory_over_the_limit(imagenet_root, tmp_path):
     base = ['--preset', 'imagenet100', '--data-root', imagenet_root / 'in', '--sd-path', imagenet_root / 'sd', '--device', 'cpu', '--out', tmp_path / 'run',
             '--model', 'vit_base_patch16_224', '--image-size', '224']
     code, out, err = _dry([*base, '--memory-limit', '0.5'])
-    assert code == 1 and 'lower batch_size (now 512, 512 per process' in err, err
-    code, out, err = _dry([*base, '--batch-size', '2', '--guidance-batch-size', '1', '--memory-limit', '3'])
+    from deliberate_practice.config import PRESETS
+    b, d = PRESETS['imagenet100']['batch_size'], PRESETS['imagenet100']['device_batch_size']
+    assert code == 1 and f'lower device_batch_size (now {d} per pass; gradient accumulation keeps the global batch_size {b})' in err, err
+    code, out, err = _dry([*base, '--device-batch-size', '2', '--gen-batch-size', '2', '--guidance-batch-size', '1', '--memory-limit', '3'])
     assert code == 0, err
+
+
+IN100 = lambda root, out: ['--preset', 'imagenet100', '--data-root', root / 'in', '--sd-path', root / 'sd', '--device', 'cpu', '--out', out, *SMALL]
+
+def test_dry_run_prompts_and_gpu_hours(imagenet_root, tmp_path):
+    "The plan holds every class folder's prompt (the disambiguated name: n03947888 is the pirate ship) and the GPU-hours of its images, printed on one line."
+    from deliberate_practice.config import DPConfig, PRESETS
+    from deliberate_practice.cli import ASSUMED_MFU, GPU_PEAK_TFLOPS, generation_cost
+    code, out, err = _dry(IN100(imagenet_root, tmp_path / 'run'))
+    assert code == 0, err
+    plan = json.loads(out.strip().splitlines()[-1])
+    template = PRESETS['imagenet100'].get('prompt_template', DPConfig.prompt_template)
+    assert len(plan['prompts']) == 100 and plan['prompts']['n03947888'] == template.format(name='pirate ship')
+    assert plan['prompts']['n02123045'] == template.format(name='tabby cat') and plan['prompts']['n02869837'] == template.format(name='bonnet')
+    cost = plan['generation_cost']
+    assert cost['assumed_mfu'] == ASSUMED_MFU and set(cost['gpu_hours']) == set(GPU_PEAK_TFLOPS) == {'A100-SXM4-80GB', 'H100-SXM'}
+    assert cost['gpu_hours'] == generation_cost(DPConfig(**plan['config']), plan, 8 ** 2)['gpu_hours']   # the tiny SD's 8x8 latents
+    for h in cost['gpu_hours'].values(): assert 0 < h['initial_pool'] < h['max_images']
+    a100, h100 = cost['gpu_hours']['A100-SXM4-80GB'], cost['gpu_hours']['H100-SXM']
+    assert h100['max_images'] == pytest.approx(a100['max_images'] * 312 / 989, rel=0.01)
+    line, = [l for l in out.splitlines() if 'GPU-hours' in l]
+    assert 'A100-SXM4-80GB (312 TFLOP/s bf16 dense)' in line and 'H100-SXM (989 TFLOP/s' in line and f'assuming {ASSUMED_MFU:.0%} MFU' in line
+
+def test_dry_run_prompts_file(imagenet_root, tmp_path):
+    "--prompts FILE: its prompts (one, or a list used in turn) win in the plan; a key that is no class of the run fails in one line naming the file and the key."
+    f = tmp_path / 'prompts.json'
+    f.write_text(json.dumps({'n03947888': ['a pirate ship at sea', 'a pirate ship in a harbour'], 'n02108089': 'a boxer dog, portrait'}))
+    code, out, err = _dry([*IN100(imagenet_root, tmp_path / 'run'), '--prompts', f])
+    assert code == 0, err
+    prompts = json.loads(out.strip().splitlines()[-1])['prompts']
+    assert prompts['n03947888'] == ['a pirate ship at sea', 'a pirate ship in a harbour'] and prompts['n02108089'] == 'a boxer dog, portrait'
+    assert 'pirate' not in prompts['n02123045'] and len(prompts) == 100
+    f.write_text(json.dumps({'n03947888': 'a pirate ship', 'pirate ship': 'a pirate ship'}))
+    code, out, err = _dry([*IN100(imagenet_root, tmp_path / 'run'), '--prompts', f])
+    assert code == 1 and err.strip().splitlines() == [
+        f"dp-train: dry run: prompts {str(f)!r} names 1 class(es) that are no class of this run: 'pirate ship'; "
+        "keys are class folder names, e.g. ['n02869837', 'n01749939', 'n02488291']"]
+    f.write_text('{"n03947888": []}')
+    code, out, err = _dry([*IN100(imagenet_root, tmp_path / 'run'), '--prompts', f])
+    assert code == 1 and err.strip().splitlines() == [f"dp-train: dry run: prompts {str(f)!r}: class 'n03947888' has an empty list of prompts: give at least one"]
+
+def test_prompts_on_digits_is_an_error(tmp_path):
+    "digits draws by class label: --prompts there names the field and fails, in the dry run and in the run itself."
+    f = tmp_path / 'prompts.json'; f.write_text('{"3": "a three"}')
+    code, out, err = _dry(['--out', tmp_path / 'run', '--prompts', f])
+    msg = f"prompts {str(f)!r}: dataset 'digits' draws its images by class label, not from prompts: drop --prompts"
+    assert code == 1 and err.strip().splitlines() == [f"dp-train: dry run: {msg}"]
+    r = subprocess.run(['dp-train', '--out', str(tmp_path / 'run'), '--prompts', str(f), '--epochs', '1'], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].endswith(msg), r.stderr
+
+def test_flop_constants_match_the_benchmark():
+    "The FLOPs the dry run's GPU-hours use are benchmarks/full_size_cpu.json's, to the 4 decimals copied."
+    from deliberate_practice.cli import SD15_DECODE_TFLOP, SD15_TFLOP_PER_STEP
+    bench = json.loads((Path(__file__).parents[1] / 'benchmarks' / 'full_size_cpu.json').read_text())['flops']
+    assert bench['unit'] == 'TFLOP per image'
+    views = {'vae': 'SD VAE view', 'vae, checkpointed': 'SD VAE view, checkpointed', 'taesd': 'TAESD view'}
+    assert set(SD15_TFLOP_PER_STEP) == set(views)
+    for k, parts in SD15_TFLOP_PER_STEP.items():
+        measured = bench['per_step_512'][views[k]]
+        for part, v in parts.items(): assert v == pytest.approx(measured[part], abs=6e-5), (k, part)
+        assert SD15_DECODE_TFLOP == pytest.approx(measured['decode'], abs=6e-5)
