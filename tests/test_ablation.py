@@ -41,12 +41,13 @@ def test_presets_follow_table1(scale):
 def test_imagenet_presets_are_the_papers():
     c100, c1k = preset('dp-p8-100', 'imagenet100', **IMAGENET), preset('dp-p8-100', 'imagenet1k', **IMAGENET)
     assert (c100.pool_size, c1k.pool_size) == (65_000, 650_000)
-    assert (c100.lr, c100.batch_size, c1k.lr, c1k.batch_size) == (3e-3, 8 * 64, 1.6e-3, 8 * 128)   # the appendix's batch per GPU, on one 8-GPU node
+    assert (c100.lr, c100.batch_size, c1k.lr, c1k.batch_size) == (3e-3, 2048, 1.6e-3, 4096)   # the long version's global batch
+    assert (c100.device_batch_size, c1k.device_batch_size) == (64, 128)                         # per device, the rest by gradient accumulation
     for c in (c100, c1k):
-        assert (c.model, c.omega, c.cfg_scale, c.cfg_scale_init, c.scheduler) == ('vit_base_patch16_224', 0.05, 3.0, 2.0, 'wsd')
+        assert (c.model, c.omega, c.cfg_scale, c.cfg_scale_init, c.scheduler) == ('vit_base_patch16_224', 0.05, 4.0, 3.0, 'wsd')
         assert (c.label_smoothing, c.mixup, c.cutmix) == (0.11, 0.5, 1.0) and c.ema_decay > 0
         assert c.image_size == 224                     # the classifier trains at 224, not at SD's 512
-    assert preset('random-p8-100', 'imagenet100', **IMAGENET).cfg_scale_init == 2.0
+    assert preset('random-p8-100', 'imagenet100', **IMAGENET).cfg_scale == 3.0          # random regeneration: the no-feedback lambda
 
 def test_tiny_run_schema(tmp_path, parts):
     res = reproduce('digits', seeds=[0], rows=['static-wsd', 'dp-p8-100'], out=tmp_path, progress=False, generator=parts[0], data=parts[1], **TINY)
@@ -212,3 +213,44 @@ def torch_threads(n):
     old = torch.get_num_threads(); torch.set_num_threads(n)
     try: yield
     finally: torch.set_num_threads(old)
+
+def _val_test(rows, seeds=range(1, 10)):
+    "Results where row r on seed s has val accuracy val(s) and test accuracy test(s), with flat histories."
+    return [dict(row=r, seed=s, val_acc=v(s), test_acc=t(s), n_generated=100, wall_s=1.0, config={},
+                 history=[dict(epoch=1, n_generated=100, val_acc=v(s), test_acc=t(s))]) for r, (v, t) in rows.items() for s in seeds]
+
+def test_claims_choose_the_best_dp_row_on_val():
+    "dp-p8-100 has the best test accuracy, dp-p8-50 the best val accuracy: both claims that choose a row take dp-p8-50, and count the 2 rows."
+    res = _val_test({'static-wsd': (lambda s: .90, lambda s: .90 + .001 * (s % 2)),
+                     'random-p8-100': (lambda s: .91, lambda s: .91),
+                     'dp-p8-50': (lambda s: .96, lambda s: .93 + .001 * (s % 3)),
+                     'dp-p8-100': (lambda s: .94, lambda s: .97 + .001 * (s % 3))})
+    c = {d['claim']: d for d in claims(res)}
+    assert c['best DP - static WSD']['row'] == 'dp-p8-50' and c['image share']['row'] == 'dp-p8-50'
+    assert c['best DP - static WSD']['estimate'] == pytest.approx(paired_ci(res, 'dp-p8-50', 'static-wsd')['mean'])
+    assert [(d['n_compared'], d['family']) for d in c.values()] == [(1, 5), (2, 5), (2, 5)]
+    assert ablation.best_dp_row(res) == 'dp-p8-50'
+
+def test_holm_by_hand():
+    "Three p-values 0.01, 0.04, 0.03: sorted, times 3, 2, 1 = 0.03, 0.06, 0.04; the last raised to 0.06 (step-down: never below the one before)."
+    assert ablation.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert ablation.holm([0.02, 0.5, 0.001]) == pytest.approx([0.04, 0.5, 0.003])
+
+def test_claims_adjust_with_holm():
+    "Three comparisons (WSD - cosine, DP-100 - random, best DP - static with one DP row): each claim's Holm p is its t-test p adjusted over the three."
+    from scipy import stats
+    res = _val_test({'static-cosine': (lambda s: .9, lambda s: .90),
+                     'static-wsd': (lambda s: .9, lambda s: .90 + .002 * (s % 2)),       # gaps 0 / 0.2 points: weak
+                     'random-p8-100': (lambda s: .9, lambda s: .92 + .01 * (s % 3)),
+                     'dp-p8-100': (lambda s: .9, lambda s: .93 + .01 * (s % 3) + .003 * (s % 2))})
+    cs = [d for d in claims(res) if d['claim'] != 'image share']
+    ps = [d['p'] for d in cs]
+    gaps = [[100 * (a - b) for a, b in zip(*[[r['test_acc'] for r in res if r['row'] == row] for row in (x, y)])]
+            for x, y in (('static-wsd', 'static-cosine'), ('dp-p8-100', 'random-p8-100'), ('dp-p8-100', 'static-wsd'))]
+    assert ps == pytest.approx([stats.ttest_1samp(g, 0).pvalue for g in gaps])
+    share = next(d for d in claims(res) if d['claim'] == 'image share')       # the fourth comparison of the family
+    order = sorted(range(4), key=lambda i: (ps + [share['p']])[i])
+    m, adj, run = 4, [0.0] * 4, 0.0
+    for j, i in enumerate(order): run = max(run, min(1.0, (m - j) * (ps + [share['p']])[i])); adj[i] = run
+    assert [d['p_holm'] for d in cs] == pytest.approx(adj[:3])
+    assert all(d['holm_verdict'] in ('holds', 'tie', 'fails') for d in cs)
