@@ -485,5 +485,19 @@ def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1
         plan.update(runs=len(cfgs), **{f'all_{k}': sum(t[k] for t in totals) for k in ('max_images', 'max_guided_images', 'optimizer_steps')})
         print(f"dp-reproduce: dry run: {len(cfgs)} runs, at most {plan['all_max_images']:,} images generated ({plan['all_max_guided_images']:,} guided), "
               f"{plan['all_optimizer_steps']:,} optimizer steps in all; the first run's checks and plan:")
+        plan['rows'] = _row_plans(cfgs, totals, 'generation_cost' in plan)
         _report_dry_run(plan, problems)
     except (ValueError, OSError, FloatingPointError) as e: _fail(e, 'dp-reproduce')
+
+# %% ../nbs/10_cli.ipynb #b41c07e3
+def _row_plans(cfgs:list, totals:list, sd:bool)->dict:
+    "{row: the first seed's most images (guided), and GPU-hours with Stable Diffusion}, printed one line a row."
+    rows = {}
+    for c, t in zip(cfgs, totals):
+        if c['row'] in rows: continue
+        r = rows[c['row']] = dict(max_images=t['max_images'], max_guided_images=t['max_guided_images'])
+        if sd: r['gpu_hours'] = {g: h['max_images'] for g, h in generation_cost(DPConfig(**{k: v for k, v in c.items() if k != 'row'}), t)['gpu_hours'].items()}
+        cost = ', '.join(f"{h:,.0f} GPU-h on an {g}" for g, h in r.get('gpu_hours', {}).items())
+        print(f"dp-reproduce: dry run: {c['row']}: at most {r['max_images']:,} images ({r['max_guided_images']:,} guided){'; ' + cost if cost else ''}")
+    return rows
+
