@@ -426,7 +426,8 @@ def _report_dry_run(plan:dict, problems:list):
     for p in problems: print(f"dp-train: dry run: {p}", file=sys.stderr)
     m, c = plan.get('memory', {}), plan['config']                       # the plan, as far as it could be made, in any case
     print(f"dp-train: dry run: {c['dataset']}, {plan['devices']['processes']} process(es) on {c['device']}: {plan['initial_images']:,} images in the initial pool, "
-          f"at most {plan['max_images']:,} generated ({plan['max_guided_images']:,} guided) over {plan['max_refreshes']} refreshes; {plan['optimizer_steps']:,} optimizer steps")
+          f"at most {plan['max_images']:,} generated ({plan['max_guided_images']:,} guided) over {plan['max_refreshes']} refreshes; {plan['optimizer_steps']:,} optimizer steps "
+          f"of {c['batch_size']:,} images ({plan['devices']['processes']} x {plan['accumulation_steps']} passes of {plan['images_per_pass']:,})")
     if m: print(f"dp-train: dry run: peak memory per process about {m['generation_gib']} GiB generating, {m['training_gib']} GiB training")
     if 'generation_cost' in plan:
         g, mfu = plan['generation_cost']['gpu_hours'], plan['generation_cost']['assumed_mfu']
@@ -470,6 +471,19 @@ def build_reproduce_parser()->argparse.ArgumentParser:
 # %% ../nbs/10_cli.ipynb #105c1ad5
 REPRODUCE_ARGS = ('scale', 'seeds', 'rows', 'out', 'quick', 'plot', 'coverage', 'data_root', 'sd_path', 'model', 'device', 'workers', 'threads', 'quiet', 'print_config')
 
+# %% ../nbs/10_cli.ipynb #b41c07e3
+def _row_plans(cfgs:list, totals:list, sd:bool)->dict:
+    "{row: the first seed's most images (guided), and GPU-hours with Stable Diffusion}, printed one line a row."
+    rows = {}
+    for c, t in zip(cfgs, totals):
+        if c['row'] in rows: continue
+        r = rows[c['row']] = dict(max_images=t['max_images'], max_guided_images=t['max_guided_images'])
+        if sd: r['gpu_hours'] = {g: h['max_images'] for g, h in generation_cost(DPConfig(**{k: v for k, v in c.items() if k != 'row'}), t)['gpu_hours'].items()}
+        cost = ', '.join(f"{h:,.0f} GPU-h on an {g}" for g, h in r.get('gpu_hours', {}).items())
+        print(f"dp-reproduce: dry run: {c['row']}: at most {r['max_images']:,} images ({r['max_guided_images']:,} guided){'; ' + cost if cost else ''}")
+    return rows
+
+
 # %% ../nbs/10_cli.ipynb #68b0ff56
 def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1:])
     "Console script: `ablation.reproduce_command` from the command line; `--config` fields go under `--overrides`; one-line errors, exit status 2."
@@ -488,16 +502,3 @@ def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1
         plan['rows'] = _row_plans(cfgs, totals, 'generation_cost' in plan)
         _report_dry_run(plan, problems)
     except (ValueError, OSError, FloatingPointError) as e: _fail(e, 'dp-reproduce')
-
-# %% ../nbs/10_cli.ipynb #b41c07e3
-def _row_plans(cfgs:list, totals:list, sd:bool)->dict:
-    "{row: the first seed's most images (guided), and GPU-hours with Stable Diffusion}, printed one line a row."
-    rows = {}
-    for c, t in zip(cfgs, totals):
-        if c['row'] in rows: continue
-        r = rows[c['row']] = dict(max_images=t['max_images'], max_guided_images=t['max_guided_images'])
-        if sd: r['gpu_hours'] = {g: h['max_images'] for g, h in generation_cost(DPConfig(**{k: v for k, v in c.items() if k != 'row'}), t)['gpu_hours'].items()}
-        cost = ', '.join(f"{h:,.0f} GPU-h on an {g}" for g, h in r.get('gpu_hours', {}).items())
-        print(f"dp-reproduce: dry run: {c['row']}: at most {r['max_images']:,} images ({r['max_guided_images']:,} guided){'; ' + cost if cost else ''}")
-    return rows
-
