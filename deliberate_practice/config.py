@@ -44,7 +44,7 @@ class DPConfig:
     "Everything that defines a Deliberate Practice run; validated on construction."
     pool_size:int = 100           # images in the synthetic pool (fixed size unless `grow`); digits: the pool-size sweep of 09_ablation
     prune_frac:float = 1.0        # fraction of the pool pruned and regenerated at each refresh
-    patience:int = 3              # epochs without real-val improvement before a refresh
+    patience:int = 2              # epochs without real-val improvement before a refresh; digits: the val re-tune of 09_ablation
     patience_growth:int = 0       # patience grows by this after each refresh (long version's incremental patience; 0 = fixed)
     selection:str = 'easiest'     # which images a refresh prunes: the lowest-scoring by `score_metric` ('easiest'), 'random', or 'none' (static pool)
     score_metric:str = 'entropy'  # the difficulty score selection 'easiest' prunes the lowest of: entropy (the paper), margin or loss
