@@ -472,15 +472,19 @@ def build_reproduce_parser()->argparse.ArgumentParser:
 REPRODUCE_ARGS = ('scale', 'seeds', 'rows', 'out', 'quick', 'plot', 'coverage', 'data_root', 'sd_path', 'model', 'device', 'workers', 'threads', 'quiet', 'print_config')
 
 # %% ../nbs/10_cli.ipynb #b41c07e3
-def _row_plans(cfgs:list, totals:list, sd:bool)->dict:
-    "{row: the first seed's most images (guided), and GPU-hours with Stable Diffusion}, printed one line a row."
+def _row_plans(names:list,   # each run's row name
+               cfgs:list,    # each run's `DPConfig`
+               totals:list,  # each run's `plan_counts`
+               sd:bool,      # Stable Diffusion: add the GPU-hours
+              )->dict:       # {row: the first seed's most images (guided), and GPU-hours with Stable Diffusion}
+    "Each row's bound on generated images and its cost, printed one line a row."
     rows = {}
-    for c, t in zip(cfgs, totals):
-        if c['row'] in rows: continue
-        r = rows[c['row']] = dict(max_images=t['max_images'], max_guided_images=t['max_guided_images'])
-        if sd: r['gpu_hours'] = {g: h['max_images'] for g, h in generation_cost(DPConfig(**{k: v for k, v in c.items() if k != 'row'}), t)['gpu_hours'].items()}
+    for name, c, t in zip(names, cfgs, totals):
+        if name in rows: continue
+        r = rows[name] = dict(max_images=t['max_images'], max_guided_images=t['max_guided_images'])
+        if sd: r['gpu_hours'] = {g: h['max_images'] for g, h in generation_cost(c, t)['gpu_hours'].items()}
         cost = ', '.join(f"{h:,.0f} GPU-h on an {g}" for g, h in r.get('gpu_hours', {}).items())
-        print(f"dp-reproduce: dry run: {c['row']}: at most {r['max_images']:,} images ({r['max_guided_images']:,} guided){'; ' + cost if cost else ''}")
+        print(f"dp-reproduce: dry run: {name}: at most {r['max_images']:,} images ({r['max_guided_images']:,} guided){'; ' + cost if cost else ''}")
     return rows
 
 
@@ -494,11 +498,12 @@ def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1
         from deliberate_practice.ablation import reproduce_command
         if not ns.dry_run: return reproduce_command(**kw)
         cfgs = reproduce_command(**kw, return_configs=True)
-        plan, problems = dry_run(DPConfig(**{k: v for k, v in cfgs[0].items() if k != 'row'}), Path(ns.out) / 'runs' / 'dry-run', timed=ns.dry_run == 'timed')
-        totals = [plan_counts(DPConfig(**{k: v for k, v in c.items() if k != 'row'})) for c in cfgs]
+        runs = [DPConfig(**{k: v for k, v in c.items() if k != 'row'}) for c in cfgs]       # each run's config, without its row name
+        plan, problems = dry_run(runs[0], Path(ns.out) / 'runs' / 'dry-run', timed=ns.dry_run == 'timed')
+        totals = [plan_counts(c) for c in runs]
         plan.update(runs=len(cfgs), **{f'all_{k}': sum(t[k] for t in totals) for k in ('max_images', 'max_guided_images', 'optimizer_steps')})
         print(f"dp-reproduce: dry run: {len(cfgs)} runs, at most {plan['all_max_images']:,} images generated ({plan['all_max_guided_images']:,} guided), "
               f"{plan['all_optimizer_steps']:,} optimizer steps in all; the first run's checks and plan:")
-        plan['rows'] = _row_plans(cfgs, totals, 'generation_cost' in plan)
+        plan['rows'] = _row_plans([c['row'] for c in cfgs], runs, totals, 'generation_cost' in plan)
         _report_dry_run(plan, problems)
     except (ValueError, OSError, FloatingPointError) as e: _fail(e, 'dp-reproduce')
