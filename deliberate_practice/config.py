@@ -211,7 +211,7 @@ def process_batches(cfg:DPConfig,  # the run
 # %% ../nbs/00_config.ipynb #5a8cbbea
 @dataclass(frozen=True)
 class Sampling:
-    "How a generator draws images: guidance scales, DDIM steps, batch sizes and guidance options."
+    "How a generator draws images: guidance scales, DDIM steps, batch sizes and guidance options; checked on construction."
     cfg_scale:float = 2.0                # classifier-free guidance scale, diffusers' convention (the paper's lambda + 1)
     omega:float = 0.0                    # entropy-guidance weight in the units of `guidance_form` (0: plain CFG sampling)
     n_steps:int = 20                     # DDIM steps
@@ -219,6 +219,16 @@ class Sampling:
     guide_every:int = 1                  # apply the entropy gradient every `guide_every` DDIM steps
     guidance_batch_size:int|None = None  # images per entropy-gradient micro-batch (None: the generation batch)
     guidance_form:str = 'eps'            # how omega enters a guided step (`GUIDANCE_FORMS`)
+
+    def __post_init__(self):
+        "Each field in `DPConfig`'s range for it, as its type (numpy numbers become Python ones)."
+        ranges = dict(cfg_scale=(0, MAXIMA['cfg_scale']), omega=(0, MAXIMA['omega']), n_steps=(1, 1000),
+                      batch_size=(1, MAXIMA['gen_batch_size']), guide_every=(1, MAXIMA['guide_every']),
+                      guidance_batch_size=(1, MAXIMA['guidance_batch_size']))
+        for f in dataclasses.fields(self):
+            if f.name in ranges: object.__setattr__(self, f.name, check_value(f.name, getattr(self, f.name), f.type, *ranges[f.name]))
+        if self.guidance_form not in GUIDANCE_FORMS:
+            raise ValueError(f"guidance_form must be one of {GUIDANCE_FORMS}, got {self.guidance_form!r}")
 
     def sample_kw(self)->dict:
         "The keyword arguments of `generator.sample` (the guidance options only where they differ from their defaults)."

@@ -10,19 +10,20 @@ __all__ = ['DIGITS_CLASSES', 'IMAGENET100_WNIDS', 'IMAGENET1K_WNIDS', 'PROMPT_NA
            'DatasetEntry', 'register_dataset', 'dataset_entry']
 
 # %% ../nbs/03_data.ipynb #3e9cb684
-import dataclasses, json, warnings
+import dataclasses, json, os, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from timm.data import ImageNetInfo
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 from . import config
 
@@ -156,10 +157,17 @@ def imagenet_prompt_names(wnids:list=None,  # ImageNet wnids; None = all 1000 (`
     return [PROMPT_NAMES.get(w, n) for w, n in zip(wnids, imagenet_class_names(wnids))]
 
 
+# %% ../nbs/03_data.ipynb #cc4d4ca0
+def _to_rgb(im:Image.Image)->Image.Image:
+    "`im` as 8-bit RGB; 16-bit grayscale (modes starting with 'I') scaled to 8 bits by `value >> 8` first."
+    if im.mode.startswith('I'): im = Image.fromarray((np.asarray(im).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8))
+    return im.convert('RGB')
+
 # %% ../nbs/03_data.ipynb #9c495b5e
 def _read_image(path):
-    "PIL RGB image at `path`; an unreadable file is an error that names it."
-    try: return default_loader(path)
+    "PIL RGB image at `path` (`_to_rgb`); an unreadable file is an error that names it."
+    try:
+        with Image.open(path) as im: return _to_rgb(im)
     except Exception as e:
         raise OSError(f"could not read image file {path!r} ({type(e).__name__}: {e}); delete or replace the file") from e
 
@@ -215,20 +223,42 @@ def imagenet_splits(root,                   # ImageNet root holding `train/` and
     if not root.is_dir(): raise FileNotFoundError(f"root {str(root)!r} is not a folder; pass the ImageNet root that holds train/ and val/")
     return dict(val=imagenet_folder(root / 'val', wnids, image_size), test=imagenet_folder(root / 'train', wnids, image_size))
 
+# %% ../nbs/03_data.ipynb #e278e9f3
+def _ends_whole(f:Path, fmt:str)->bool:
+    "Whether `f`'s end shows it whole, without decoding: a PNG (`verify` read it to IEND), a JPEG with FF D9 in its last 64 bytes."
+    if fmt == 'PNG': return True
+    if fmt not in ('JPEG', 'MPO'): return False
+    with open(f, 'rb') as fh: fh.seek(max(0, fh.seek(0, 2) - 64)); return b'\xff\xd9' in fh.read()
+
 # %% ../nbs/03_data.ipynb #4f817b0a
 def _verify(f)->str|None:
-    "None if PIL can open and verify the image file `f`, else the problem line naming it."
-    from PIL import Image
+    "None if the image file `f` is whole (PIL's `verify`, then `_ends_whole` or a full decode), else the problem line naming it."
     try:
-        with Image.open(f) as im: im.verify()
-    except Exception as e: return f"image {f} cannot be read ({type(e).__name__}): delete or replace it"
+        with Image.open(f) as im: fmt = im.format; im.verify()
+        if not _ends_whole(f, fmt):
+            with Image.open(f) as im: im.load()
+    except Exception as e:
+        why = 'is truncated' if 'truncated' in str(e).lower() else f'cannot be read ({type(e).__name__})'
+        return f"image {f} {why}: delete or replace it"
 
 # %% ../nbs/03_data.ipynb #a9b345cf
-def _image_files(d:Path)->list: return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+def _image_files(d:Path)->list:
+    "The image files of `d` by extension, sorted; broken symbolic links included, as torchvision's `ImageFolder` lists them."
+    return sorted(p for p in d.iterdir() if p.suffix.lower() in IMG_EXTENSIONS and (p.is_file() or not p.exists()))
+
+# %% ../nbs/03_data.ipynb #88c81bdb
+def _file_problems(files:list,           # image files of one class folder (`_image_files`)
+                   n_open:int|None=None,  # how many of the files that are no broken link to `_verify` (None: all)
+                  )->list:               # problem lines: each broken link, then each bad file verified
+    "The problems of a class folder's image files: every broken symbolic link, and the files `_verify` rejects."
+    broken = {f for f in files if not f.exists()}
+    ok = [f for f in files if f not in broken]
+    return ([f"image {f} is a broken symbolic link (to {os.readlink(f)}): delete it or restore its target" for f in sorted(broken)]
+            + list(filter(None, map(_verify, ok if n_open is None else ok[:n_open]))))
 
 # %% ../nbs/03_data.ipynb #0155108c
 def check_imagenet(root, wnids:list, n_open:int=1)->tuple:
-    "(images per split, problems) of an ImageNet root (`val/` and `train/`, one folder per wnid); `n_open` images per class are opened and verified."
+    "(images per split, problems) of an ImageNet root (`val/` and `train/`, one folder per wnid); `n_open` images per class are verified, every broken link listed."
     root, counts, problems = Path(root).expanduser(), {}, []
     if not root.is_dir(): return counts, [f"data_root {str(root)!r} is not a folder: pass the ImageNet root holding train/ and val/"]
     for split in ('val', 'train'):
@@ -240,7 +270,7 @@ def check_imagenet(root, wnids:list, n_open:int=1)->tuple:
             files = _image_files(root / split / w)
             if not files: problems.append(f"class folder {root / split / w} holds no images")
             n += len(files)
-            problems += filter(None, map(_verify, files[:n_open]))
+            problems += _file_problems(files, n_open)
         counts[split] = n
     return counts, problems
 
@@ -282,7 +312,7 @@ def check_folder(root,                                   # a folder dataset (see
                  prompt_template:str='a photo of a {name}', # unused in the checks; kept so every dataset's check takes the same arguments
                  n_open:int|None=None,                   # images opened and verified per class (None: all)
                 )->tuple:                                # (images per split, problems: one line each, [] if the folder is fine)
-    "Every problem of a folder dataset: no val/, fewer than 2 classes, an empty class, val and test with different classes, an unreadable image, a bad `classes.json`."
+    "Every problem of a folder dataset: no val/, fewer than 2 classes, an empty class, val and test with different classes, an unreadable or truncated image, a broken link, a bad `classes.json`."
     root, counts, problems = Path(root).expanduser(), {}, []
     if not root.is_dir(): return counts, [f"data_root {str(root)!r} is not a folder: pass the folder holding val/<class>/ (and test/<class>/)"]
     if not (root / 'val').is_dir(): return counts, [f"data_root {str(root)!r} has no val/ folder: put the real validation images in {root}/val/<class>/"]
@@ -298,7 +328,7 @@ def check_folder(root,                                   # a folder dataset (see
             files = _image_files(root / split / n)
             if not files: problems.append(f"class folder {root / split / n} holds no images ({', '.join(IMG_EXTENSIONS)}): add images or remove the class from val/ and test/")
             counts[split] += len(files)
-            problems += filter(None, map(_verify, files if n_open is None else files[:n_open]))
+            problems += _file_problems(files, n_open)
     given, p = _read_classes_json(root); problems += p
     unknown = sorted(set(given) - set(classes['val']))
     if unknown: problems.append(f"{root / CLASSES_JSON} names {len(unknown)} class(es) with no folder under val/: {', '.join(unknown[:10])}: "
