@@ -172,14 +172,11 @@ def run_row(cfg:DPConfig,        # the row's configuration (from `preset`)
         if DPConfig.from_dict(res['config']).to_dict() != cfg.to_dict(): raise ValueError(f"out {str(out)!r} holds {row} seed {cfg.seed} run with another config; use another --out")
         return res
     if generator is None or data is None: generator, data = scale_parts(cfg)
-    if (d / CHECKPOINT).exists():
-        if DPTrainer.saved_config(d) != cfg: raise ValueError(f"out {str(out)!r} holds a {row} seed {cfg.seed} checkpoint with another config; use another --out")
+    if DPTrainer.has_run(d):                                     # a checkpoint, or the run.json of a run killed before its first one
+        if DPTrainer.saved_config(d) != cfg: raise ValueError(f"out {str(out)!r} holds a {row} seed {cfg.seed} run with another config; use another --out")
         trainer = DPTrainer.resume(d, generator=generator, data=data, progress=progress)
-    else:
-        if state.is_main_process and (d / 'pool').exists(): shutil.rmtree(d / 'pool')   # an on-disk pool left by a run killed before its first checkpoint
-        state.wait_for_everyone()
-        trainer = DPTrainer(cfg, generator=generator, data=data, out=d, progress=progress)
-        if initial_pool is not None: trainer.pool, trainer.wall_s = copy.deepcopy(initial_pool[0]), initial_pool[1]
+    else: trainer = DPTrainer(cfg, generator=generator, data=data, out=d, progress=progress)
+    if trainer.pool is None and initial_pool is not None: trainer.pool, trainer.wall_s = copy.deepcopy(initial_pool[0]), initial_pool[1]
     trainer.fit()
     res = _result(row, cfg.seed, trainer)
     if state.is_main_process: atomic_write(d / RESULT, lambda p: Path(p).write_text(json.dumps(res)))

@@ -55,6 +55,8 @@ def build_parser()->argparse.ArgumentParser:
                    help='check data, weights, run folder and devices, print the plan (images, steps, memory; timed: seconds too) and exit')
     p.add_argument(*flag_names('memory_limit'), type=float, metavar='GB', dest='memory_limit', help="with --dry-run: the memory per process to plan for (default: the GPU's)")
     p.add_argument(*flag_names('threads'), type=int, metavar='N', help="torch CPU threads (default: torch's)")
+    p.add_argument(*flag_names('checkpoint_every'), type=float, metavar='MINUTES', dest='checkpoint_every',
+                   help='also write a checkpoint inside an epoch every MINUTES (default: 30); a kill without warning loses at most that')
     p.add_argument(*flag_names('quiet'), action='store_true', help='no per-epoch line on stdout')
     p.add_argument(*flag_names('tensorboard'), action='store_true', help='also write TensorBoard scalars to OUT/tensorboard (pip install "deliberate_practice[tensorboard]")')
     docs = docments(DPConfig)
@@ -146,48 +148,83 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 # %% ../nbs/10_cli.ipynb #f67cc85f
 def resolve_config(kw:dict, ns)->DPConfig:
-    "The run's configuration: the checkpoint's with `--resume` (flags must agree with it), else `--preset` (default: `--dataset`'s, else digits) under `--config` under the flags."
+    "The run's configuration: with `--resume`, the run's own (`--preset`, `--config` and flags must agree with it), else `--preset` (default: `--dataset`'s, else digits) under `--config` under the flags."
     if str(ns.out).strip() == '': raise ValueError(f"out must be a folder path, got {ns.out!r}")
     out, kw = Path(ns.out), {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}), **kw}
+    name = getattr(ns, 'preset', None)
     if getattr(ns, 'resume', False):
         from deliberate_practice.trainer import DPTrainer
-        from deliberate_practice.store import CHECKPOINT     # reads the checkpoint: torch
-        if not (out / CHECKPOINT).exists(): raise ValueError(f"--resume: out {str(out)!r} holds no {CHECKPOINT} to resume from; start the run without --resume")
-        saved = DPTrainer.saved_config(out)
-        diff = [f"{k} is {getattr(saved, k)!r} in the checkpoint, got {v!r}" for k, v in kw.items() if getattr(saved, k) != v]
-        if diff: raise ValueError('; '.join(diff) + ': --resume continues the saved run, with its settings')
-        return saved
-    return preset(getattr(ns, 'preset', kw.get('dataset', 'digits')), **kw)
+        if DPTrainer.has_run(out):                                   # a checkpoint, or run.json: the run as it started
+            saved = DPTrainer.saved_config(out)
+            given = {**(PRESETS[name] if name in PRESETS else {}), **kw}     # a preset given again must be the run's
+            if name is not None and name not in PRESETS: raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
+            diff = [f"{k} is {getattr(saved, k)!r} in the run, got {v!r}" + (f" (preset {name})" if k not in kw else '')
+                    for k, v in given.items() if getattr(saved, k) != v]
+            if diff: raise ValueError('; '.join(diff) + ': --resume continues the run in --out with its own settings')
+            return saved
+    return preset(name or kw.get('dataset', 'digits'), **kw)
+
+
+# %% ../nbs/10_cli.ipynb #49f523d6
+def _where(trainer)->str:
+    "Where a resumed run stands, in words: its initial pool, an epoch's batch, a refresh, or the end."
+    at, e = trainer._at, trainer.epoch
+    if trainer.pool is None: return "its initial pool (batches finished before the stop are loaded, not generated again)"
+    if at and at['kind'] == 'train': return f"epoch {e + 1} after batch {at['batch']}"
+    if at and at['kind'] == 'refresh': return f"the refresh after epoch {e + 1}"
+    return f"after epoch {e}" if e < trainer.cfg.epochs else "the finished run: writing its results"
+
+
+# %% ../nbs/10_cli.ipynb #d93eb492
+def _train(cfg:DPConfig, ns, command:list):
+    "The run of `dp_train`: check and lock `--out`, then start the run or continue it from wherever it stopped."
+    from deliberate_practice.trainer import DPTrainer
+    from deliberate_practice.data import dataset_entry
+    from deliberate_practice.store import distributed_state, open_run_folder, plot_curves, CURVES, fault_point
+    fault_point('start')
+    out, resume, tb, quiet = Path(ns.out), getattr(ns, 'resume', False), getattr(ns, 'tensorboard', False), getattr(ns, 'quiet', False)
+    every = getattr(ns, 'checkpoint_every', 30.)
+    if every is not None and not every > 0: raise ValueError(f"checkpoint_every must be a positive number of minutes, got {every}")
+    main, started = distributed_state(cfg).is_main_process, resume and DPTrainer.has_run(out)
+    n_classes = len(dataset_entry(cfg.dataset).classes(cfg)[0])
+    if cfg.pool_size < n_classes: raise ValueError(f"pool_size is {cfg.pool_size} but the run has {n_classes} classes: every class needs an image; pass --pool-size {n_classes} or more")
+    if main:                                                       # before any model is loaded: bad --out, a busy or finished folder, a full disk
+        for p in check_disk(cfg, out, classifier_params(cfg)): raise ValueError(p)
+        open_run_folder(out, fresh=not resume)
+        if resume and not started: print(f"dp-train: --resume: {out} holds no run yet (no run.json, no checkpoint.pt): starting it", flush=True)
+    if main and not quiet: print(f"dp-train: {'resuming' if started else 'starting'} {cfg.dataset} run in {out}: pool {cfg.pool_size:,}, "
+                                 f"{cfg.epochs} epochs, model {cfg.model}, device {cfg.device}; loading the generator and data", flush=True)
+    cbs = ([] if quiet else [_print_row]) + [_warn_nonfinite, CurvesWriter(out)]
+    kw = dict(callbacks=cbs, tensorboard=tb, progress=console_reporter(quiet or not main) or False, checkpoint_every=every)   # generator and data: the dataset's
+    trainer = DPTrainer.resume(out, **kw) if started else DPTrainer(cfg, out=out, fresh=not resume, command=command, **kw)
+    if main and started and not quiet: print(f"dp-train: continuing {_where(trainer)}", flush=True)
+    trainer.fit()
+    if main: plot_curves(trainer.history, out / CURVES)
+
 
 # %% ../nbs/10_cli.ipynb #a4165806
 def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
-    "Console script: run (or resume) Deliberate Practice training into `--out` (`history.jsonl`, `final.json`, `checkpoint.pt`)."
+    "Console script: run (or resume) Deliberate Practice training into `--out` (`run.json`, `history.jsonl`, `final.json`, `checkpoint.pt`)."
     import warnings
     shown, warnings.showwarning = warnings.showwarning, _show_warning
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    from deliberate_practice.store import preemptible, Preempted, PREEMPTED_EXIT
     try:
-        kw, ns = parse_args(argv)
-        cfg = resolve_config(kw, ns)
-        if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
-        if getattr(ns, 'threads', None) is not None:
-            if ns.threads < 1: raise ValueError(f"threads must be >= 1, got {ns.threads}")
-            import torch; torch.set_num_threads(ns.threads)
-        if getattr(ns, 'dry_run', None): return _report_dry_run(*dry_run(cfg, ns.out, getattr(ns, 'resume', False), ns.dry_run == 'timed', getattr(ns, 'memory_limit', None)))
-        from deliberate_practice.trainer import DPTrainer
-        from deliberate_practice.store import distributed_state, open_run_folder, plot_curves, CURVES
-        out, resume, tb, quiet = Path(ns.out), getattr(ns, 'resume', False), getattr(ns, 'tensorboard', False), getattr(ns, 'quiet', False)
-        main = distributed_state(cfg).is_main_process
-        if main:                                                       # before any model is loaded: bad --out, a busy or finished folder, a full disk
-            for p in check_disk(cfg, out, classifier_params(cfg)): raise ValueError(p)
-            open_run_folder(ns.out, fresh=not resume)
-        if main and not quiet: print(f"dp-train: {'resuming' if resume else 'starting'} {cfg.dataset} run in {out}: pool {cfg.pool_size:,}, "
-                                     f"{cfg.epochs} epochs, model {cfg.model}, device {cfg.device}; loading the generator and data", flush=True)
-        cbs = ([] if quiet else [_print_row]) + [_warn_nonfinite, CurvesWriter(out)]
-        kw = dict(callbacks=cbs, tensorboard=tb, progress=console_reporter(quiet or not main) or False)   # generator and data: the dataset's (`trainer.build_parts`)
-        trainer = DPTrainer.resume(out, **kw) if resume else DPTrainer(cfg, out=out, **kw)
-        trainer.fit()
-        if main: plot_curves(trainer.history, out / CURVES)
+        with preemptible():                                          # from here, SIGTERM/SIGUSR1 stop the run cleanly
+            kw, ns = parse_args(argv)
+            cfg = resolve_config(kw, ns)
+            if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
+            if getattr(ns, 'threads', None) is not None:
+                if ns.threads < 1: raise ValueError(f"threads must be >= 1, got {ns.threads}")
+                import torch; torch.set_num_threads(ns.threads)
+            if getattr(ns, 'dry_run', None): return _report_dry_run(*dry_run(cfg, ns.out, getattr(ns, 'resume', False), ns.dry_run == 'timed', getattr(ns, 'memory_limit', None)))
+            _train(cfg, ns, ['dp-train', *argv])
+    except Preempted as e:
+        print(f"dp-train: {e}; exiting with status {PREEMPTED_EXIT}: run the same command with --resume to continue", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT)
     except (ValueError, OSError, FloatingPointError) as e: _fail(e)
     finally: warnings.showwarning = shown
+
 
 # %% ../nbs/10_cli.ipynb #96b75c84
 def refresh_schedule(cfg:DPConfig)->list:
@@ -381,7 +418,6 @@ def dry_run(cfg:DPConfig, out, resume:bool=False, timed:bool=False, memory_limit
     from deliberate_practice.store import CHECKPOINT, RUN_ARTEFACTS
     problems, out = [], Path(out)
     if out.exists() and not out.is_dir(): problems.append(f"out {out} is a file, not a folder: choose another --out")
-    elif resume and not (out / CHECKPOINT).exists(): problems.append(f"--resume: out {out} holds no {CHECKPOINT} to resume from")
     elif not resume and out.is_dir() and any((out / a).exists() for a in RUN_ARTEFACTS): problems.append(f"out {out} already holds a run: pass --resume or choose another --out")
     state = PartialState(cpu=device_type(cfg.device) == 'cpu')
     dev = dict(device=cfg.device, processes=state.num_processes, cuda_available=torch.cuda.is_available())
@@ -393,6 +429,7 @@ def dry_run(cfg:DPConfig, out, resume:bool=False, timed:bool=False, memory_limit
     try: names, prompts = entry.classes(cfg); n_classes = len(names)
     except (OSError, ValueError): names = prompts = n_classes = None          # the check has said why
     data = dict(images=counts, n_classes=n_classes) if counts else {}
+    if n_classes and cfg.pool_size < n_classes: problems.append(f"pool_size is {cfg.pool_size} but the run has {n_classes} classes: every class needs an image; pass --pool-size {n_classes} or more")
     if entry.generator == 'stable-diffusion':
         sd_configs, p = check_sd_folder(cfg.sd_path); problems += p
         if cfg.guidance_decoder and not (Path(cfg.guidance_decoder).expanduser() / 'config.json').exists():

@@ -18,7 +18,8 @@ from .config import SCORE_METRICS, SELECTIONS as RUN_SELECTIONS, Sampling, legac
 from .data import check_labels, balanced_labels
 from .guidance import entropy, eval_mode
 from .store import (LabelledImages, as_float, open_shards, rank_world, process_slice, gather_cat, reporter,
-                                       scratch_name, load_part, save_part, module_device_dtype)
+                                       scratch_name, load_part, save_part, module_device_dtype, to_uint8,
+                                       Preempted, preempt_requested, fault_point, note_sampled)
 
 # %% ../nbs/07_pool.ipynb #a7b5680f
 METRICS = SCORE_METRICS   # the difficulty scores, defined with the run's settings in `config`
@@ -111,24 +112,43 @@ def _fill(self:Pool, pos:Tensor, generator, classifier, sampling:Sampling, seed:
     for i, p in enumerate(progress_bar(chunks, leave=False) if progress is True and len(chunks) > 1 else chunks):
         y, s = self.labels[p], _chunk_seed(seed, i)
         a, b = process_slice(len(p), rank, world)
-        path = None if self.scratch is None else Path(self.scratch)/scratch_name(self.round, i, a, b)
-        done = load_part(path, y[a:b], s)
-        if done is not None and callable(progress): progress(b - a)                     # a slice finished before an interruption
-        if done is None:
-            x, stats = sample_range(generator, y, a, b, sampling, s, classifier, progress if callable(progress) else progress and len(chunks) == 1,
-                                    return_stats=True)
-            if tuple(x.shape) != (b - a, *self.image_shape):
-                raise ValueError(f"generator.sample returned images of shape {tuple(x.shape)}, expected {(b - a, *self.image_shape)}")
-            ent = (score_batches(classifier, lambda s_, e_: x[s_:e_], y[a:b], ('entropy',), score_batch_size)['entropy']
-                   if classifier is not None else torch.full((b - a,), math.nan))
-            done = x.detach().cpu(), ent, int(stats.n_nonfinite)
-            save_part(path, y[a:b], s, *done)
-        x, ent, nf = gather_cat(self.dist, done[0], done[1], torch.tensor([done[2]]))
+        done = self._pieces(y, a, b, s, i, generator, classifier, sampling, progress if callable(progress) else progress and len(chunks) == 1,
+                            score_batch_size)
+        if preempt_requested(self.dist): raise Preempted(f"while generating round {self.round}: its finished batches are in {self.scratch}")
+        x, ent, nf = gather_cat(self.dist, *done)
         n_nonfinite += int(nf.sum())
         self.entropy_at_birth[p] = ent
         if rank == 0 or self.root is None: self.store.put(p, x)      # on disk, the main process writes the shards
         self.born[p], self.omega[p] = self.round, float(sampling.omega)
     return n_nonfinite
+
+
+# %% ../nbs/07_pool.ipynb #edfda87d
+@patch
+def _pieces(self:Pool, y, a:int, b:int, seed:int, chunk:int, generator, classifier, sampling:Sampling, progress, score_batch_size)->tuple:
+    "(images, entropy, [n_nonfinite]) of images `a:b` of a chunk with labels `y`, batch by batch, each finished batch kept in `scratch`."
+    from deliberate_practice.generators import DiffusionGenerator
+    step = (sampling.batch_size or b - a) if isinstance(generator, DiffusionGenerator) else b - a   # per-image seeds: a batch can be made alone
+    xs, ents, nf = [], [], 0
+    for pa in range(a, b, max(step, 1)):
+        pb = min(pa + step, b)
+        path = None if self.scratch is None else Path(self.scratch)/scratch_name(self.round, chunk, pa, pb)
+        done = load_part(path, y[pa:pb], seed, self.image_shape)
+        if done is not None and callable(progress): progress(pb - pa)                     # finished before an interruption
+        if done is None:
+            if preempt_requested(): break                                                   # stop before a new batch; the caller raises
+            x, stats = sample_range(generator, y, pa, pb, sampling, seed, classifier, progress, return_stats=True)
+            if tuple(x.shape) != (pb - pa, *self.image_shape):
+                raise ValueError(f"generator.sample returned images of shape {tuple(x.shape)}, expected {(pb - pa, *self.image_shape)}")
+            ent = (score_batches(classifier, lambda s_, e_: x[s_:e_], y[pa:pb], ('entropy',), score_batch_size)['entropy']
+                   if classifier is not None else torch.full((pb - pa,), math.nan))
+            done = (to_uint8(x.detach().cpu()) if self.root is not None else x.detach().cpu()), ent, int(stats.n_nonfinite)
+            save_part(path, y[pa:pb], seed, *done)
+            note_sampled(pb - pa); fault_point('generate')
+        xs.append(done[0]); ents.append(done[1]); nf += done[2]
+    empty = torch.empty(0, *self.image_shape, dtype=xs[0].dtype if xs else torch.float32)
+    return torch.cat([empty, *xs]), torch.cat([torch.empty(0), *ents]), torch.tensor([nf])
+
 
 # %% ../nbs/07_pool.ipynb #17f43456
 @patch
@@ -221,6 +241,8 @@ def _refresh(self:Pool, generator, classifier, prune_frac, selection, metric, sa
     metrics = ('entropy',) if metric == 'entropy' or selection == 'random' else ('entropy', metric)
     scores = self._scores(classifier, metrics, score_batch_size, progress) if classifier is not None else {'entropy': torch.full((n,), math.nan)}
     H = scores['entropy']
+    fault_point('score')
+    if preempt_requested(self.dist): raise Preempted(f"while scoring the pool for refresh {self.round + 1}")
     pruned = torch.empty(0, dtype=torch.long) if grow else _select(scores.get(metric), n, k, selection, seed)
     self.round += 1
     if grow:

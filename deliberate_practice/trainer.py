@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['POOL', 'INIT', 'EPOCH', 'REFRESH', 'EVAL_BATCH_SIZE', 'LARGE_SPLIT', 'NONFINITE_KEYS', 'wsd_lr', 'cosine_lr',
-           'augment_batch', 'DPTrainer']
+           'augment_batch', 'record_run', 'DPTrainer', 'rng_states', 'set_rng_states', 'checkpoint_field',
+           'checkpoint_config']
 
 # %% ../nbs/08_trainer.ipynb #3aa7e536
 import dataclasses, json, math, random, sys, time, numbers
-from contextlib import nullcontext
+from contextlib import nullcontext, contextmanager
 from functools import partial
 from pathlib import Path
 import torch
@@ -29,7 +30,8 @@ from .data import dataset_entry, balanced_labels, as_dataset
 from .generators import build_parts
 from .store import (derive_seed, seeded, atomic_write, write_text, distributed_state, run_device, make_accelerator, numpy_rng_state, set_numpy_rng_state,
                                        read_checkpoint, history_csv, tensorboard_callback, open_run_folder, release_run_folder, plot_curves,
-                                       CHECKPOINT, HISTORY, HISTORY_CSV, FINAL, TENSORBOARD, MODEL, CURVES)
+                                       CHECKPOINT, HISTORY, HISTORY_CSV, FINAL, TENSORBOARD, MODEL, CURVES, INDEX, RUN,
+                                       Preempted, preemptible, preempt_requested, agree, fault_point)
 
 # %% ../nbs/08_trainer.ipynb #5a785f16
 def _phases(total, warmup_frac, decay_frac): return round(warmup_frac * total), round(decay_frac * total)
@@ -90,12 +92,25 @@ def _default_parts(cfg, generator, data, classifier, device=None):
     if cfg.image_size is not None and tuple(generator.image_shape[-2:]) != (cfg.image_size,) * 2:
         raise ValueError(f"image_size is {cfg.image_size} but the generator returns {tuple(generator.image_shape[-2:])} images; "
                          f"build it with classifier_size={cfg.image_size}")
+    if cfg.pool_size < generator.n_classes: raise ValueError(f"pool_size is {cfg.pool_size} but the run has {generator.n_classes} classes: "
+                                                             f"every class needs an image; pass --pool-size {generator.n_classes} or more")
     if classifier is None:
         from deliberate_practice.models import create_classifier
         with seeded(derive_seed(cfg.seed, INIT)):
             classifier = create_classifier(cfg.model, generator.n_classes, in_chans=generator.image_shape[0],
                                            img_size=generator.image_shape[-1])
     return generator, data, classifier
+
+# %% ../nbs/08_trainer.ipynb #a2d3a25d
+def record_run(out, cfg:DPConfig, command:list=None)->bool:
+    "Write `out/run.json` (configuration, command line, start time) unless the folder already records a run; whether it wrote it."
+    p = Path(out) / RUN
+    if p.exists(): return False
+    rec = dict(config=cfg.to_dict(), command=None if command is None else [str(a) for a in command],
+               started=time.strftime('%Y-%m-%dT%H:%M:%S%z'), version=__import__('deliberate_practice').__version__)
+    atomic_write(p, write_text(json.dumps(rec, indent=1)))
+    return True
+
 
 # %% ../nbs/08_trainer.ipynb #77c45e10
 class DPTrainer:
@@ -108,21 +123,29 @@ class DPTrainer:
                  progress=False,                # True: fastprogress bars and a live plot; a reporter factory `(total, desc) -> update(n)`: e.g. log lines
                  callbacks=(),                  # functions `cb(trainer, row)` called after each epoch (on the main process)
                  tensorboard:bool=False,        # also write TensorBoard scalars to `out/tensorboard` (if tensorboard is installed)
-                 fresh:bool=True):              # `out` must hold no earlier run (False: this trainer continues the run in it)
+                 fresh:bool=True,               # `out` must hold no earlier run (False: this trainer continues the run in it)
+                 command:list=None,             # the command line that started the run, recorded in `out/run.json`
+                 checkpoint_every:float=30.):   # minutes between checkpoints inside an epoch (None: only at epoch ends and before refreshes)
         self.dist, self.acc = distributed_state(cfg), make_accelerator(cfg)      # bound to this process's device before any model is built
         self.world, self.is_main = self.dist.num_processes, self.dist.is_main_process
-        if out is not None and self.is_main: open_run_folder(out, fresh)          # checked and locked before anything is loaded or generated
+        recorded = out is not None and self.is_main and (open_run_folder(out, fresh) and record_run(out, cfg, command))   # before anything is loaded
         self.per_process, self.micro_batch, self.accum_steps = process_batches(cfg, self.world)   # the global batch, however many processes
         self.cfg, self.out, self.progress, self.callbacks = cfg, out and Path(out), progress if self.is_main else False, list(callbacks)
-        self.device = run_device(cfg)
-        self.generator, self.data, model = _default_parts(cfg, generator, data, classifier, self.device)
-        self.model = model.to(self.device)
-        self._build_optim()
-        self.train_model, self.opt = self.acc.prepare(self.model, self.opt)   # one process: the model itself (autocast under mixed precision); several: DDP
-        if tensorboard and self.out is not None and self.is_main: self.callbacks += [c for c in [tensorboard_callback(self.out / TENSORBOARD)] if c]
+        self.checkpoint_every, self._at, self._saved_at = checkpoint_every, None, time.monotonic()
+        try:
+            self.device = run_device(cfg)
+            self.generator, self.data, model = _default_parts(cfg, generator, data, classifier, self.device)
+            self.model = model.to(self.device)
+            self._build_optim()
+            self.train_model, self.opt = self.acc.prepare(self.model, self.opt)   # one process: the model itself (autocast under mixed precision); several: DDP
+            if tensorboard and self.out is not None and self.is_main: self.callbacks += [c for c in [tensorboard_callback(self.out / TENSORBOARD)] if c]
+        except BaseException:
+            if recorded: (Path(out) / RUN).unlink(missing_ok=True)          # a run that could not start leaves no record: fix the flags, run again
+            raise
         self.pool, self.epoch, self.step, self.history, self.wall_s = None, 0, 0, [], 0.0
         self.best_val, self.wait, self.cur_patience, self.n_refreshes = -1.0, 0, cfg.patience, 0
         self.mb = None
+
 
 # %% ../nbs/08_trainer.ipynb #fbde08d7
 @patch
@@ -158,22 +181,31 @@ def _dist(self:DPTrainer): return self.dist if self.world > 1 else None
 # %% ../nbs/08_trainer.ipynb #5257f423
 @patch(as_prop=True)
 def scratch(self:DPTrainer):
-    "Folder of finished generation slices (several processes, or an on-disk pool), or None."
-    return self.out / 'scratch' if self.out is not None and (self.world > 1 or self.pool_root is not None) else None
+    "Folder of finished generation batches, so that an interrupted initial pool or refresh resumes without sampling them again (None without `out`)."
+    return self.out / 'scratch' if self.out is not None else None
 
 @patch(as_prop=True)
 def pool_root(self:DPTrainer):
     "Folder of the on-disk pool (a dataset whose pool is not held in memory, in a run with `out`), or None."
     return self.out / 'pool' if self.out is not None and not dataset_entry(self.cfg.dataset).in_memory else None
 
+
 # %% ../nbs/08_trainer.ipynb #51b98439
 @patch
 def build_pool(self:DPTrainer):
-    "The initial pool (round 0): balanced labels, `cfg_scale_init`, no feedback."
-    c, t0 = self.cfg, time.perf_counter()
-    self.pool = Pool.generate(self.generator, balanced_labels(c.pool_size, self.generator.n_classes), initial_sampling(c), derive_seed(c.seed, POOL),
-                              root=self.pool_root, progress=self.progress, dist=self._dist, scratch=self.scratch)
+    "The initial pool (round 0): balanced labels, `cfg_scale_init`, no feedback; batches finished before an interruption are loaded, not sampled."
+    c, t0, labels = self.cfg, time.perf_counter(), balanced_labels(self.cfg.pool_size, self.generator.n_classes)
+    root = self.pool_root
+    if root is not None and root.is_symlink(): raise ValueError(f"pool folder {root} is a symbolic link: a run writes its pool inside its own folder; remove the link")
+    if root is not None and (root / INDEX).exists():                  # committed before the first checkpoint was written: this run's own pool
+        self.pool = Pool.load(root)
+        if self.pool.round != 0 or not torch.equal(self.pool.labels, labels):
+            raise ValueError(f"pool {root} is not this run's initial pool (round {self.pool.round}, {len(self.pool)} images): move it away and resume")
+        self.pool.dist, self.pool.scratch = self._dist, self.scratch
+    else: self.pool = Pool.generate(self.generator, labels, initial_sampling(c), derive_seed(c.seed, POOL), root=root,
+                                    progress=self.progress, dist=self._dist, scratch=self.scratch)
     self.wall_s += time.perf_counter() - t0
+
 
 # %% ../nbs/08_trainer.ipynb #a7c31e03
 @patch
@@ -189,20 +221,41 @@ def accumulate(self:DPTrainer, x:Tensor, y:Tensor)->Tensor:
     return ent
 
 
+# %% ../nbs/08_trainer.ipynb #01a47f98
+def rng_states()->dict:
+    "The global RNG states (torch, numpy, random, and CUDA's where there is one) as plain tensors and data, for a checkpoint."
+    s = dict(torch=torch.get_rng_state(), numpy=numpy_rng_state(), random=random.getstate())
+    if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
+    return s
+
+def set_rng_states(s:dict):
+    "Restore the global RNG states of `rng_states()`."
+    torch.set_rng_state(s['torch']); set_numpy_rng_state(s['numpy']); random.setstate(s['random'])
+    if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+
+
+# %% ../nbs/08_trainer.ipynb #42f0624e
+@patch
+def _poll(self:DPTrainer)->tuple:
+    "(stop, checkpoint due), the same on every process: a preemption signal on any, or `checkpoint_every` minutes since the last checkpoint."
+    due = self.out is not None and self.checkpoint_every is not None and time.monotonic() - self._saved_at >= 60 * self.checkpoint_every
+    return agree(self._dist, preempt_requested(), due)
+
+
 # %% ../nbs/08_trainer.ipynb #4bf79107
 @patch
 def train_epoch(self:DPTrainer)->tuple:
-    "One epoch on the pool; returns (mean training entropy, last lr)."
-    c, m, dev = self.cfg, self.model, self.device
-    g = torch.Generator().manual_seed(derive_seed(c.seed, EPOCH, self.epoch))
-    sampler = RandomSampler(self.pool, num_samples=c.pool_size, generator=g)
-    dl = DataLoader(self.pool, c.batch_size, sampler=sampler, drop_last=self.mixup is not None)
-    m = self.train_model
+    "One epoch on the pool (the rest of it, resuming a checkpoint written inside it); returns (mean training entropy, last lr)."
+    c, m, dev, at = self.cfg, self.train_model, self.device, self._at or dict(batch=0, ent=torch.zeros(()), n=0, lr=None)
+    order = list(RandomSampler(self.pool, num_samples=c.pool_size, generator=torch.Generator().manual_seed(derive_seed(c.seed, EPOCH, self.epoch))))
+    dl = DataLoader(self.pool, c.batch_size, sampler=order[at['batch'] * c.batch_size:], drop_last=self.mixup is not None)
     if self.world > 1: dl = self.acc.prepare_data_loader(dl)          # each process: its share of each global batch
-    ent, n = torch.zeros((), device=dev), 0
-    crops = torch.Generator().manual_seed(derive_seed(c.seed, EPOCH, self.epoch, 2))
+    first = self.dist.process_index == 0                              # a resumed epoch's partial sums: all processes' together, on the first
+    ent, n, lr, k, left = (at['ent'] if first else torch.zeros(())).to(dev), at['n'] if first else 0, at['lr'], at['batch'], len(dl)
+    crops, outer = torch.Generator().manual_seed(derive_seed(c.seed, EPOCH, self.epoch, 2)), rng_states()
     m.train()
     with seeded(derive_seed(c.seed, EPOCH, self.epoch, 1)):
+        if self._at: set_rng_states(at['rng']); crops.set_state(at['crops']); self._at = None       # where the checkpoint left the streams
         for x, y in (progress_bar(dl, parent=self.mb, leave=False) if self.progress is True else dl):
             x, y = x.to(dev), y.to(dev)
             x = augment_batch(x, c.pool_augment, crops, (self.dist.process_index, self.world))
@@ -210,12 +263,18 @@ def train_epoch(self:DPTrainer)->tuple:
             self.opt.zero_grad(set_to_none=True)
             ent += self.accumulate(x, y); n += len(x)
             self.opt.step()
-            lr = self.sched.get_last_lr()[0]; self.sched.step(); self.step += 1
+            lr = self.sched.get_last_lr()[0]; self.sched.step(); self.step += 1; k += 1; left -= 1
             if self.ema is not None: self.ema.update(m, step=self.step)
+            fault_point('batch'); stop, due = self._poll()
+            if (stop or due) and left:
+                tot = self.acc.gather(torch.stack([ent, torch.tensor(float(n), device=dev)])[None]).sum(0) if self.world > 1 else (ent, n)
+                self.save(at=dict(kind='train', batch=k, ent=tot[0].cpu(), n=int(tot[1]), lr=lr, rng=rng_states(), crops=crops.get_state(), outer=outer))
+                if stop: raise Preempted(f"in epoch {self.epoch + 1} after batch {k}: checkpoint written")
     if self.world > 1:
         ent, n = self.acc.gather(torch.stack([ent, torch.tensor(float(n), device=dev)])[None]).sum(0)
         self._sync_buffers()
     return (ent / n).item(), lr
+
 
 # %% ../nbs/08_trainer.ipynb #22879a6b
 @patch
@@ -278,36 +337,59 @@ NONFINITE_KEYS = ('n_nonfinite', 'n_guided', 'n_nonfinite_scores')   # per refre
 @patch
 def fit(self:DPTrainer, stop_after:int=None, # stop after this many more epochs (to test resume); None = run to `cfg.epochs`
        )->dict:                               # `final()`
-    "Train until `cfg.epochs` (or `stop_after` more epochs), checkpointing every epoch."
-    if self.out is not None and self.is_main: open_run_folder(self.out, fresh=False)   # (re)takes the lock: one writer per run folder
-    try: return self._fit(stop_after)
+    "Train until `cfg.epochs` (or `stop_after` more epochs), checkpointing every epoch; SIGTERM/SIGUSR1 save and raise `Preempted`."
+    if self.out is None: return self._fit(stop_after)
+    if self.is_main: open_run_folder(self.out, fresh=False)          # (re)takes the lock: one writer per run folder
+    try:
+        with preemptible(): return self._fit(stop_after)
     finally:
-        if self.out is not None and self.is_main: release_run_folder(self.out)
+        if self.is_main: release_run_folder(self.out)
+
+
+# %% ../nbs/08_trainer.ipynb #32c42e7d
+@patch
+def _train_and_score(self:DPTrainer)->dict:
+    "Train one epoch, score it on the real splits, and step patience: the epoch's row so far, and whether a refresh is due."
+    pool_entropy, lr = self.train_epoch()
+    val_acc = self.evaluate(self.data['val'])
+    test_acc = self.evaluate(self.data['test']) if self.test_due() else None
+    fault_point('evaluate')
+    return dict(pool_entropy=pool_entropy, lr=lr, val_acc=val_acc, test_acc=test_acc, refresh=self.patience_step(val_acc) and self.can_refresh())
+
 
 # %% ../nbs/08_trainer.ipynb #cfb62867
 @patch
 def _fit(self:DPTrainer, stop_after:int=None):
     c = self.cfg
-    if self.pool is None: self.build_pool()
+    if self.pool is None:
+        self.build_pool()
+        if self.out is not None: self.save()                      # the pool is kept: a kill in the first epoch does not generate it again
     last = c.epochs if stop_after is None else min(c.epochs, self.epoch + stop_after)
     epochs = range(self.epoch, last)
     if self.progress is True: self.mb = epochs = master_bar(epochs); self.mb.names = ['val', 'test']
     for _ in epochs:
         t0 = time.perf_counter()
-        pool_entropy, lr = self.train_epoch()
-        val_acc = self.evaluate(self.data['val'])
-        test_acc = self.evaluate(self.data['test']) if self.test_due() else None
-        info = self.refresh() if self.patience_step(val_acc) and self.can_refresh() else {}
+        if self._at is not None and self._at['kind'] == 'refresh': part, self._at = self._at, None   # resumed just before its refresh
+        else: part = self._train_and_score()
+        info = {}
+        if part['refresh']:
+            self.wall_s += time.perf_counter() - t0; t0 = time.perf_counter()
+            if self.out is not None: self.save(at=dict(part, kind='refresh'))   # a kill during the refresh costs only the refresh
+            info = self.refresh()
         self.epoch += 1
         self.wall_s += time.perf_counter() - t0
-        row = dict(epoch=self.epoch, step=self.step, lr=lr, n_generated=self.pool.n_generated, val_acc=val_acc, test_acc=test_acc,
-                   pool_entropy=pool_entropy, refreshes=self.n_refreshes, wall_s=round(self.wall_s, 3),
+        row = dict(epoch=self.epoch, step=self.step, lr=part['lr'], n_generated=self.pool.n_generated, val_acc=part['val_acc'], test_acc=part['test_acc'],
+                   pool_entropy=part['pool_entropy'], refreshes=self.n_refreshes, wall_s=round(self.wall_s, 3),
                    **{k: info.get(k, 0) for k in NONFINITE_KEYS})
         self.history.append(row)
         for cb in self.callbacks if self.is_main else (): cb(self, row)
         if self.mb is not None: self._plot()
-        if self.out is not None: self.save()
+        if self.out is not None:
+            self.save()
+            if self.epoch < c.epochs and preempt_requested(self._dist): raise Preempted(f"after epoch {self.epoch}: checkpoint written")
+    if self.out is not None and not len(epochs) and self.epoch >= c.epochs: self.save()   # killed while writing its results: write them again
     return self.final()
+
 
 # %% ../nbs/08_trainer.ipynb #e2a720f8
 @patch
@@ -330,41 +412,73 @@ def _plot(self:DPTrainer):
 
 # %% ../nbs/08_trainer.ipynb #efda2495
 @patch
-def state_dict(self:DPTrainer)->dict:
-    "Everything needed to continue the run."
+def state_dict(self:DPTrainer, at:dict=None)->dict:
+    "Everything needed to continue the run; `at`: where inside an epoch it stopped (None: between epochs)."
     return dict(config=self.cfg.to_dict(), epoch=self.epoch, step=self.step, wall_s=self.wall_s, history=self.history,
                 model=self.model.state_dict(), opt=self.opt.state_dict(), sched=self.sched.state_dict(),
                 ema=self.ema.state_dict() if self.ema is not None else None, pool=self.pool.state_dict(relative_to=self.out),
                 scaler=self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
                 patience=dict(best_val=self.best_val, wait=self.wait, cur_patience=self.cur_patience, n_refreshes=self.n_refreshes),
-                rng=dict(torch=torch.get_rng_state(), numpy=numpy_rng_state(), random=random.getstate()))
+                rng=at['outer'] if at and 'outer' in at else rng_states(), at=at and {k: v for k, v in at.items() if k != 'outer'})
+
+
+# %% ../nbs/08_trainer.ipynb #b1ee8e0c
+@contextmanager
+def checkpoint_field(path, field:str):
+    "Inside the block, any error loading `field` of the checkpoint at `path` becomes one ValueError line naming both."
+    try: yield
+    except KeyError as e: raise ValueError(f"checkpoint {path}: field {field!r} lacks {e}: it is from another version or a partial copy; start the run again") from None
+    except Exception as e:
+        msg = ' '.join(str(e).split())[:300]
+        raise ValueError(f"checkpoint {path}: field {field!r} does not fit this run ({type(e).__name__}: {msg}); start the run again") from None
+
 
 # %% ../nbs/08_trainer.ipynb #aa49fe73
 @patch
-def load_state_dict(self:DPTrainer, sd:dict):
-    "Restore a `state_dict` (the config must match this trainer's)."
-    if sd['config'] != self.cfg.to_dict(): raise ValueError("checkpoint config differs from the trainer's config")
-    self.epoch, self.step, self.wall_s, self.history = sd['epoch'], sd['step'], sd['wall_s'], list(sd['history'])
-    self.model.load_state_dict(sd['model']); self.opt.load_state_dict(sd['opt']); self.sched.load_state_dict(sd['sched'])
-    if self.ema is not None: self.ema.load_state_dict(sd['ema'])
-    if self.acc.scaler is not None and sd.get('scaler'): self.acc.scaler.load_state_dict(sd['scaler'])
-    self.pool = Pool.__new__(Pool).load_state_dict(sd['pool'], commit=self.is_main, relative_to=self.out)   # an on-disk pool's index: written by the main process
-    p = sd['patience']; self.best_val, self.wait, self.cur_patience, self.n_refreshes = p['best_val'], p['wait'], p['cur_patience'], p['n_refreshes']
-    torch.set_rng_state(sd['rng']['torch']); set_numpy_rng_state(sd['rng']['numpy']); random.setstate(sd['rng']['random'])
+def load_state_dict(self:DPTrainer, sd:dict, path='checkpoint'):   # `path`: the file it came from, named in errors
+    "Restore a `state_dict` (the config must match this trainer's); a field that does not fit is a one-line error naming it."
+    f = partial(checkpoint_field, path)
+    if not isinstance(sd, dict): raise ValueError(f"checkpoint {path} holds a {type(sd).__name__}, not a checkpoint's dict")
+    for k in ('config', 'epoch', 'step', 'history', 'model', 'opt', 'sched', 'pool', 'patience', 'rng'):
+        if k not in sd: raise ValueError(f"checkpoint {path} has no field {k!r}: it is from another version or a partial copy; start the run again")
+    if sd['config'] != self.cfg.to_dict(): raise ValueError(f"checkpoint {path}: its config differs from the trainer's config")
+    h = sd['history']
+    if not isinstance(h, list) or not all(isinstance(r, dict) and 'epoch' in r for r in h): raise ValueError(f"checkpoint {path}: field 'history' is not a list of epoch rows")
+    if not (isinstance(sd['epoch'], int) and 0 <= sd['epoch'] <= self.cfg.epochs): raise ValueError(f"checkpoint {path}: field 'epoch' is {sd['epoch']!r}, not in [0, {self.cfg.epochs}]")
+    self.epoch, self.step, self.wall_s, self.history, self._at = sd['epoch'], int(sd['step']), float(sd.get('wall_s', 0.)), list(h), sd.get('at')
+    with f('model'): self.model.load_state_dict(sd['model'])
+    with f('opt'): self.opt.load_state_dict(sd['opt'])
+    with f('sched'): self.sched.load_state_dict(sd['sched'])
+    if self.ema is not None:
+        with f('ema'): self.ema.load_state_dict(sd['ema'])
+    if self.acc.scaler is not None and sd.get('scaler'):
+        with f('scaler'): self.acc.scaler.load_state_dict(sd['scaler'])
+    with f('pool'): self.pool = Pool.__new__(Pool).load_state_dict(sd['pool'], commit=self.is_main, relative_to=self.out)   # an on-disk pool's index: the main process
+    lab = self.pool.labels
+    if lab.is_floating_point() or (len(lab) and not 0 <= int(lab.min()) <= int(lab.max()) < self.generator.n_classes):
+        raise ValueError(f"checkpoint {path}: field 'pool.labels' holds {lab.dtype} labels in [{lab.min().item():g}, {lab.max().item():g}], not classes 0..{self.generator.n_classes - 1}")
+    with f('patience'):
+        p = sd['patience']; self.best_val, self.wait, self.cur_patience, self.n_refreshes = float(p['best_val']), int(p['wait']), int(p['cur_patience']), int(p['n_refreshes'])
+    with f('rng'): set_rng_states(sd['rng'])
+
 
 # %% ../nbs/08_trainer.ipynb #46bf3bfc
 @patch
-def save(self:DPTrainer):
+def save(self:DPTrainer, at:dict=None):   # where inside an epoch the run is (None: between epochs)
     "Atomically write the checkpoint, the history (json lines and csv) and (when the run is over) the final result to `out`; only the main process writes."
     if self.is_main:
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.out / CHECKPOINT, partial(torch.save, self.state_dict()))
+        atomic_write(self.out / CHECKPOINT, partial(torch.save, self.state_dict(at)))
+        fault_point('checkpoint')
         atomic_write(self.out / HISTORY, write_text(''.join(json.dumps(r) + '\n' for r in self.history)))
         atomic_write(self.out / HISTORY_CSV, write_text(history_csv(self.history)))
-        if self.epoch >= self.cfg.epochs:
+        if self.epoch >= self.cfg.epochs and at is None:
             self.export_model()
+            fault_point('export')
             atomic_write(self.out / FINAL, write_text(json.dumps(self.final(), indent=1)))
+    self._saved_at = time.monotonic()
     if self.world > 1: self.dist.wait_for_everyone()
+
 
 # %% ../nbs/08_trainer.ipynb #3ed00a12
 @patch
@@ -376,20 +490,41 @@ def export_model(self:DPTrainer):
 
 # %% ../nbs/08_trainer.ipynb #496ccac6
 @patch(cls_method=True)
+def has_run(cls:DPTrainer, out)->bool:
+    "Whether `out` holds a run to continue: a checkpoint, or the `run.json` a run writes when it starts."
+    return (Path(out) / CHECKPOINT).exists() or (Path(out) / RUN).exists()
+
+def checkpoint_config(sd, path)->DPConfig:
+    "The `DPConfig` of the checkpoint `sd` read from `path`; a missing or unknown field is one line naming it."
+    if not isinstance(sd, dict) or 'config' not in sd:
+        raise ValueError(f"checkpoint {path} has no field 'config': it is from another version or a partial copy; start the run again")
+    with checkpoint_field(path, 'config'): return DPConfig.from_dict(sd['config'])
+
+@patch(cls_method=True)
 def saved_config(cls:DPTrainer, out)->DPConfig:
-    "The config of the run checkpointed in `out`."
-    if not (Path(out) / CHECKPOINT).exists(): raise ValueError(f"out has no {CHECKPOINT} to resume from, got {str(out)!r}")
-    return DPConfig.from_dict(read_checkpoint(Path(out) / CHECKPOINT)['config'])
+    "The config of the run in `out`: its checkpoint's, else the one `run.json` recorded when it started."
+    out = Path(out)
+    if (out / CHECKPOINT).exists():
+        return checkpoint_config(read_checkpoint(out / CHECKPOINT), out / CHECKPOINT)
+    if (out / RUN).exists():
+        try: return DPConfig.from_dict(json.loads((out / RUN).read_text())['config'])
+        except Exception as e: raise ValueError(f"{out / RUN} is not a readable run record ({type(e).__name__}: {' '.join(str(e).split())[:200]}): "
+                                                "fix or delete it, then start the run again") from None
+    raise ValueError(f"out {str(out)!r} holds no run to resume ({CHECKPOINT} or {RUN})")
+
 
 # %% ../nbs/08_trainer.ipynb #384e8c6b
 @patch(cls_method=True)
 def resume(cls:DPTrainer, out,         # folder of a run started with `out=`
            generator=None, data:dict=None, classifier:nn.Module=None, progress=False, callbacks=(), tensorboard:bool=False,
-          )->DPTrainer:                # a trainer at the checkpoint's epoch; call `fit()` to continue
-    "Reload the run in `out` from its last checkpoint."
+           checkpoint_every:float=30.,  # minutes between checkpoints inside an epoch
+          )->DPTrainer:                # a trainer where the run stopped; call `fit()` to continue
+    "Reload the run in `out`: from its last checkpoint, or, killed before the first one, from `run.json` (the initial pool's finished batches are kept)."
     out = Path(out)
-    if not (out / CHECKPOINT).exists(): raise ValueError(f"out has no {CHECKPOINT} to resume from, got {str(out)!r}")
-    sd = read_checkpoint(out / CHECKPOINT)                        # on CPU: load_state_dict moves each tensor to the trainer's device
-    t = cls(DPConfig.from_dict(sd['config']), generator, data, classifier, out, progress, callbacks, tensorboard, fresh=False)
-    t.load_state_dict(sd)
+    sd = read_checkpoint(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
+    if sd is None: cfg = cls.saved_config(out)                            # killed before its first checkpoint: run.json
+    else: cfg = checkpoint_config(sd, out / CHECKPOINT)
+    t = cls(cfg, generator, data, classifier, out, progress, callbacks, tensorboard, fresh=False, checkpoint_every=checkpoint_every)
+    if sd is not None: t.load_state_dict(sd, out / CHECKPOINT)           # read on the CPU: each tensor moves to the trainer's device
     return t
+

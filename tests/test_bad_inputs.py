@@ -1,7 +1,7 @@
 """The bad-input suite: every input a user can get wrong gives one line, `dp-train: error: ...`, naming the field or file, and exit status 2,
 with nothing run that should not run and nothing written over. Each case is (id, setup(tmp_path, parts) -> argv, what the line must say).
 The tally (`conftest.BAD_INPUTS`) is printed at the end of the pytest run."""
-import errno, json, os, pickle, shutil, socket
+import errno, fcntl, json, os, pickle, shutil, socket
 from pathlib import Path
 import numpy as np
 import pytest, torch
@@ -31,7 +31,7 @@ def parts(tmp_path_factory):
     imagenet_layout(root / 'in', IMAGENET100_WNIDS)
     StableDiffusionGenerator(**tiny_sd_components(), class_names=['tench']).save_pretrained(root / 'sd')
     inet = ['--preset', 'imagenet100', '--data-root', root / 'in', '--sd-path', root / 'sd', '--device', 'cpu', '--model', 'test_vit',
-            '--image-size', '16', '--pool-size', '4', '--batch-size', '2', '--epochs', '2', '--n-steps', '2', '--num-workers', '0', '--quiet']
+            '--image-size', '16', '--pool-size', '100', '--batch-size', '50', '--gen-batch-size', '50', '--epochs', '2', '--n-steps', '2', '--num-workers', '0', '--quiet']
     assert _run(['--out', root / 'inet', *inet]) == 0
     for split in ('val', 'test'): imagenet_layout(root / 'birds', ['blue_jay', 'owl', 'red_kite'], n=2, splits=(split,))
     folder = ['--dataset', 'folder', '--data-root', root / 'birds', '--sd-path', root / 'sd', '--device', 'cpu', '--mixed-precision', 'no', '--model', 'test_vit',
@@ -45,6 +45,23 @@ class Evil:
     "A pickle that would run a shell command when loaded."
     def __init__(self, marker): self.marker = marker
     def __reduce__(self): return (os.system, (f'touch {self.marker}',))
+
+def _edit_ckpt(c, edit):
+    sd = torch.load(c, weights_only=True); edit(sd); torch.save(sd, c)
+
+def _drop(k): return lambda sd: sd.pop(k)
+def _set(f): return f
+
+CHECKPOINT_EDITS = [   # (what, edit of the checkpoint's dict, message): each loads with weights_only, then does not fit the run
+    ('no config', _drop('config'), "has no field 'config'"),
+    ('no model', _drop('model'), "has no field 'model'"),
+    ('unknown config field', lambda sd: sd['config'].update(omgea=1.0), "field 'config' does not fit this run"),
+    ('a parameter of the wrong shape', lambda sd: sd['model'].update({k: torch.zeros(3) for k in list(sd['model'])[:1]}), "field 'model' does not fit this run"),
+    ('float pool labels', lambda sd: sd['pool'].update(labels=sd['pool']['labels'].float()), "field 'pool.labels' holds torch.float32 labels"),
+    ('pool labels out of range', lambda sd: sd['pool']['labels'].__setitem__(0, 99), "field 'pool.labels' holds torch.int64 labels in [0, 99]"),
+    ('RNG state of the wrong size', lambda sd: sd['rng'].update(torch=sd['rng']['torch'][:100]), "field 'rng' does not fit this run"),
+    ('history not a list of rows', lambda sd: sd.update(history='epoch 1'), "field 'history' is not a list of epoch rows"),
+]
 
 def _ckpt(tmp_path, parts, write):
     d = _copy(parts, 'digits', tmp_path); write(d / 'checkpoint.pt'); return ['--out', d, '--resume']
@@ -92,8 +109,11 @@ def _pool_deleted(tmp_path, parts):
 def _no_checkpoint(tmp_path, parts, *extra):
     d = _copy(parts, 'digits', tmp_path); (d / 'checkpoint.pt').unlink(); return ['--out', d, *extra]
 
+_HELD = []   # lock files this process holds on another open file, as a live run holds its folder's
+
 def _locked(tmp_path, parts):
-    d = tmp_path / 'run'; d.mkdir(); (d / '.lock').write_text(json.dumps(dict(pid=1, host=socket.gethostname())))   # pid 1 always runs
+    d = tmp_path / 'run'; d.mkdir(); (d / '.lock').write_text(json.dumps(dict(pid=1, host=socket.gethostname())))   # names pid 1 as holder
+    fd = os.open(d / '.lock', os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); _HELD.append(fd)
     return ['--out', d, *TINY]
 
 def _disk_full(tmp_path, parts, monkeypatch):
@@ -135,17 +155,21 @@ CASES = [(f"flag {' '.join(f)}", (lambda f: lambda t, p: ['--out', t / 'run', *f
     ('--out ""', lambda t, p: ['--out', '', *TINY], "out must be a folder path, got ''"),
     ('--out is a file', lambda t, p: ((t / 'f').write_text('x'), ['--out', t / 'f', *TINY])[1], 'is a file, not a folder'),
     ('--out under a file', lambda t, p: ((t / 'f').write_text('x'), ['--out', t / 'f' / 'run', *TINY])[1], 'cannot be written'),
-    ('--resume, empty folder', lambda t, p: ['--out', t, '--resume'], 'holds no checkpoint.pt to resume from'),
-    ('--resume --epochs 3, finished run without checkpoint', lambda t, p: _no_checkpoint(t, p, '--resume', '--epochs', '3'), 'holds no checkpoint.pt to resume from'),
-    ('new run over a finished run without checkpoint', lambda t, p: _no_checkpoint(t, p, *TINY), 'already holds a run (history.jsonl, history.csv, final.json, model)'),
+    ('--resume --epochs 3, finished run without checkpoint', lambda t, p: _no_checkpoint(t, p, '--resume', '--epochs', '3'), 'epochs is 2 in the run, got 3'),
+    ('new run over a finished run without checkpoint', lambda t, p: _no_checkpoint(t, p, *TINY), 'already holds a run (history.jsonl, history.csv, final.json, model, run.json)'),
     ('new run over a checkpoint', lambda t, p: ['--out', _copy(p, 'digits', t), *TINY], 'already holds a run (checkpoint.pt'),
     ('new run over an on-disk pool', lambda t, p: ((t / 'run' / 'pool').mkdir(parents=True), ['--out', t / 'run', *TINY])[1], 'already holds a run (pool)'),
     ('--resume with other settings', lambda t, p: ['--out', _copy(p, 'digits', t), '--resume', '--epochs', '3', '--omega', '0.5'],
-     'epochs is 2 in the checkpoint, got 3; omega is 0.2 in the checkpoint, got 0.5'),
+     'epochs is 2 in the run, got 3; omega is 0.2 in the run, got 0.5'),
     ('checkpoint: zero bytes', lambda t, p: _ckpt(t, p, lambda c: c.write_bytes(b'')), 'is not a readable checkpoint'),
     ('checkpoint: truncated', lambda t, p: _ckpt(t, p, lambda c: c.write_bytes(c.read_bytes()[:1000])), 'is not a readable checkpoint'),
     ('checkpoint: random bytes', lambda t, p: _ckpt(t, p, lambda c: c.write_bytes(np.random.default_rng(0).bytes(5000))), 'is not a readable checkpoint'),
     ('checkpoint: old format (numpy pickled)', lambda t, p: _ckpt(t, p, _old_format), 'convert_checkpoint'),
+    *[(f'checkpoint: {what}', (lambda f: lambda t, p: _ckpt(t, p, lambda c: _edit_ckpt(c, f)))(f), m) for what, f, m in CHECKPOINT_EDITS],
+    ('--resume --preset of another dataset', lambda t, p: ['--out', _copy(p, 'digits', t), '--resume', '--preset', 'imagenet100'],
+     "dataset is 'digits' in the run, got 'imagenet100' (preset imagenet100)"),
+    ('pool smaller than the classes', lambda t, p: ['--out', t / 'run', '--pool-size', '5', '--epochs', '2', '--quiet'],
+     'pool_size is 5 but the run has 10 classes: every class needs an image; pass --pool-size 10 or more'),
     ('folder locked by a live process', _locked, 'is in use by process 1 on'),
     ('SD folder missing', lambda t, p: ['--out', t / 'run', *p['inet'][:4], '--sd-path', t / 'nope', *p['inet'][6:]], 'is neither a local folder'),
     ('SD folder without its VAE', lambda t, p: _sd_without(t, p, 'vae'), "lacks the diffusers subfolders ['vae']"),
@@ -175,7 +199,7 @@ if not torch.cuda.is_available(): CASES.append(('--device cuda without a GPU', l
 @pytest.mark.parametrize('case,setup,msg', CASES, ids=[c for c, _, _ in CASES])
 def test_bad_input_one_line(case, setup, msg, parts, tmp_path, capsys):
     argv = setup(tmp_path, parts)
-    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*') if p.is_file()}
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*') if p.is_file() and p.name != '.lock'}   # taking the lock writes its holder there
     capsys.readouterr()
     code, err = _run(argv), capsys.readouterr().err
     good = code == 2 and err.count('\n') == 1 and err.startswith('dp-train: error: ') and msg in err
@@ -205,4 +229,5 @@ def test_disk_full_names_the_file(parts, tmp_path, capsys, monkeypatch):
     good = code == 2 and f"disk full while writing {tmp_path / 'run' / 'checkpoint.pt'}" in err and err.count('\n') == 1
     BAD_INPUTS.append(('disk full', good))
     assert good, err
-    assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == []     # no half-written or temp file, and the lock released
+    assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == ['.lock', 'run.json']     # no half-written or temp file; the record, to --resume once there is room
+    fd = os.open(tmp_path / 'run' / '.lock', os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.close(fd)   # and the lock released

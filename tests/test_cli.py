@@ -45,14 +45,14 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     assert r.returncode == 0, r.stderr
     assert _strip(_lines(killed)) == _strip(_lines(ref))
     assert json.loads((killed / 'final.json').read_text()) == json.loads((ref / 'final.json').read_text())
-    assert sorted(f.name for f in killed.iterdir()) == ['checkpoint.pt', 'curves.png', 'final.json', 'history.csv', 'history.jsonl', 'model']   # no temp or half-written file
+    assert sorted(f.name for f in killed.iterdir() if f.name != '.lock') == ['checkpoint.pt', 'curves.png', 'final.json', 'history.csv', 'history.jsonl', 'model', 'run.json']   # no temp or half-written file
 
 def test_resume_refuses_changed_config(tmp_path, capsys):
     dp_train(['--out', str(tmp_path), '--pool-size', '20', '--n-steps', '2', '--epochs', '1', '--quiet'])
     assert _run(['--out', str(tmp_path), '--resume', '--epochs', '2']) == 2
-    assert 'epochs is 1 in the checkpoint, got 2' in capsys.readouterr().err
+    assert 'epochs is 1 in the run, got 2' in capsys.readouterr().err
     assert _run(['--out', str(tmp_path), '--epochs', '1']) == 2       # a fresh run into a used folder
-    assert 'already holds a run (checkpoint.pt, history.jsonl, history.csv, final.json, model): pass --resume' in capsys.readouterr().err
+    assert 'already holds a run (checkpoint.pt, history.jsonl, history.csv, final.json, model, run.json): pass --resume' in capsys.readouterr().err
 
 def test_imagenet100_preset_end_to_end(tmp_path):
     "dp-train --preset imagenet100 (the paper's recipe: ViT, bf16, Mixup/CutMix, EMA, test only at the end) on a tiny ImageNet-100 layout and tiny SD."
@@ -62,19 +62,19 @@ def test_imagenet100_preset_end_to_end(tmp_path):
     StableDiffusionGenerator(**tiny_sd_components(), class_names=['tench']).save_pretrained(tmp_path / 'sd')
     out = tmp_path / 'run'
     r = subprocess.run(['dp-train', '--preset', 'imagenet100', '--data-root', str(tmp_path / 'in'), '--sd-path', str(tmp_path / 'sd'), '--out', str(out),
-                        '--device', 'cpu', '--model', 'test_vit', '--image-size', '32', '--pool-size', '8', '--batch-size', '4', '--epochs', '3',
-                        '--n-steps', '2', '--patience', '1', '--gen-batch-size', '4', '--guidance-batch-size', '2', '--num-workers', '2'],
+                        '--device', 'cpu', '--model', 'test_vit', '--image-size', '32', '--pool-size', '100', '--batch-size', '50', '--epochs', '3',
+                        '--n-steps', '2', '--patience', '1', '--gen-batch-size', '50', '--guidance-batch-size', '25', '--num-workers', '2'],
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     fin = json.loads((out / 'final.json').read_text())
     c = fin['config']
     from deliberate_practice.config import PRESETS
-    assert (c['dataset'], c['pool_size']) == ('imagenet100', 8)
+    assert (c['dataset'], c['pool_size']) == ('imagenet100', 100)
     assert all(c[k] == PRESETS['imagenet100'][k] for k in ('mixed_precision', 'mixup', 'ema_decay', 'test_every', 'lr'))   # the preset, read from PRESETS
     hist = [json.loads(l) for l in (out / 'history.jsonl').read_text().splitlines()]
     assert [h['test_acc'] is None for h in hist] == [True, True, False]          # the real test split (ImageNet train/) only at the end
     assert fin['test_acc'] == hist[-1]['test_acc'] and 0 <= fin['test_acc'] <= 1
-    assert sum(fin['pool_class_counts']) == 8 and fin['pool_class_counts'][:8] == [1] * 8
+    assert fin['pool_class_counts'] == [1] * 100                                  # every class its image
     assert (out / 'pool' / 'index.json').exists()                                 # ImageNet pools live on disk, in shards
     assert 'epoch   3/3' in r.stdout and 'test -' in r.stdout
 
@@ -106,7 +106,7 @@ def _dry(argv):
     r = subprocess.run(['dp-train', *map(str, argv), '--dry-run'], env=ENV, capture_output=True, text=True, timeout=300)
     return r.returncode, r.stdout, r.stderr
 
-SMALL = ['--pool-size', '20', '--patience', '2', '--epochs', '10', '--prune-frac', '0.5', '--batch-size', '10', '--mixup', '0', '--cutmix', '0']
+SMALL = ['--pool-size', '200', '--patience', '2', '--epochs', '10', '--prune-frac', '0.5', '--batch-size', '100', '--mixup', '0', '--cutmix', '0']
 
 def test_dry_run_plan(imagenet_root, tmp_path):
     "On a complete folder and tiny SD components, the plan's counts are the ones worked out by hand in 10_cli (3 refreshes of 10: 50 images, 20 steps); nothing is written."
@@ -114,7 +114,7 @@ def test_dry_run_plan(imagenet_root, tmp_path):
                            '--out', tmp_path / 'run', *SMALL])
     assert code == 0, err
     plan = json.loads(out.strip().splitlines()[-1])
-    assert (plan['max_images'], plan['max_guided_images'], plan['max_refreshes'], plan['optimizer_steps']) == (50, 30, 3, 20)
+    assert (plan['max_images'], plan['max_guided_images'], plan['max_refreshes'], plan['optimizer_steps']) == (500, 300, 3, 20)
     assert plan['data']['images'] == {'val': 100, 'train': 100} and plan['memory']['generation_gib'] > 0
     assert not (tmp_path / 'run').exists()
 

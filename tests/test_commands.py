@@ -8,7 +8,7 @@ from deliberate_practice.ablation import ROWS, SCALES, COVERAGE_ROWS, scale_rows
 from deliberate_practice.cli import dp_train, parse_args, dp_reproduce, build_reproduce_parser
 
 ROOT = Path(__file__).parents[1]
-FENCE = re.compile(r'```(?:sh|bash|shell)?\n(.*?)```', re.S)
+FENCE = re.compile(r'^```(\w*)\n(.*?)^```', re.S | re.M)   # (language, body) of each fenced block, in order
 
 def _texts():
     "(source name, markdown text) of the README and of every markdown cell of every notebook."
@@ -18,14 +18,15 @@ def _texts():
             if c['cell_type'] == 'markdown': yield nb.name, ''.join(c['source'])
 
 def shown_commands()->list:
-    "(source, command name, argv) of every dp-train / dp-reproduce line in a fenced code block; launcher prefixes and comments dropped."
+    "(source, command name, argv) of every dp-train / dp-reproduce line in a fenced code block; launcher prefixes, comments and a trailing & dropped."
     out = []
     for src, text in _texts():
-        for block in FENCE.findall(text):
+        for lang, block in FENCE.findall(text):
+            if lang not in ('', 'sh', 'bash', 'shell'): continue           # ```text: printed output, not commands
             for line in block.replace('\\\n', ' ').splitlines():
                 m = re.search(r'\b(dp-train|dp-reproduce)\b(.*)', line.split(' # ')[0])
                 if not m or '"$(command' in line: continue
-                out.append((src, m.group(1), shlex.split(m.group(2).replace('$SEED', '1'))))
+                out.append((src, m.group(1), shlex.split(m.group(2).replace('$SEED', '1').rstrip().removesuffix('&'))))   # a job in the background
     return out
 
 COMMANDS = shown_commands()
@@ -54,7 +55,7 @@ def test_command_resolves_to_what_it_claims(src, cmd, argv, tmp_path):
         if dataset in IMAGENET:
             assert (c['pool_size'], c['model'], c['omega'], c['cfg_scale'], c['patience']) == (IMAGENET[dataset], 'vit_base_patch16_224', 0.05, 4.0, 8)
             assert (c['device'], c['mixed_precision'], c['image_size']) == ('cuda', 'bf16', 224)
-        else: assert c == trainer.DPConfig(**kw).to_dict()               # digits: the DPConfig defaults, which are the reproduction's dp-p8-100 row
+        elif dataset == 'digits': assert c == trainer.DPConfig(**kw).to_dict()   # digits: the DPConfig defaults, which are the reproduction's dp-p8-100 row
         return
     if '--plot' in argv: return                                            # redraws saved results: no configuration
     cfgs = _reproduce_configs(argv)

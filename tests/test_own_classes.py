@@ -84,7 +84,7 @@ def test_registry_drives_the_trainer(parts):
     e = data.register_dataset(data.DatasetEntry('three_digits', classes=lambda cfg: (['0', '1', '2'], None), splits=lambda cfg, s: dict(val=(x, y)),
                                                 check=lambda cfg: ({}, []), generator='digits', channels=1, image_size=8, in_memory=True, needs=()))
     try:
-        t = DPTrainer(config.DPConfig(dataset='three_digits', pool_size=6, epochs=1, n_steps=2))
+        t = DPTrainer(config.DPConfig(dataset='three_digits', pool_size=10, epochs=1, n_steps=2))   # an image for each of the generator's 10 classes
         fin = t.fit()
         assert fin['test_acc'] is None and 0 <= fin['val_acc'] <= 1 and t.pool is not None
     finally:
