@@ -17,7 +17,7 @@ from pathlib import Path
 from fastcore.docments import docments
 from .config import (DPConfig, PRESETS, preset, check_value, config_from_file, SELECTIONS, SCORE_METRICS, SCHEDULERS,
                                         DATASETS, PRECISIONS, GUIDANCE_FORMS, POOL_AUGMENTS, device_type, in_decay_phase, steps_per_epoch,
-                                        process_batches)
+                                        process_batches, pool_size_problem)
 
 # %% ../nbs/10_cli.ipynb #751288f9
 class _OneLineParser(argparse.ArgumentParser):
@@ -186,8 +186,7 @@ def _train(cfg:DPConfig, ns, command:list):
     every = getattr(ns, 'checkpoint_every', 30.)
     if every is not None and not every > 0: raise ValueError(f"checkpoint_every must be a positive number of minutes, got {every}")
     main, started = distributed_state(cfg).is_main_process, resume and DPTrainer.has_run(out)
-    n_classes = len(dataset_entry(cfg.dataset).classes(cfg)[0])
-    if cfg.pool_size < n_classes: raise ValueError(f"pool_size is {cfg.pool_size} but the run has {n_classes} classes: every class needs an image; pass --pool-size {n_classes} or more")
+    if (p := pool_size_problem(cfg, len(dataset_entry(cfg.dataset).classes(cfg)[0]))): raise ValueError(p)   # before the folder is locked or a model loaded
     if main:                                                       # before any model is loaded: bad --out, a busy or finished folder, a full disk
         for p in check_disk(cfg, out, classifier_params(cfg)): raise ValueError(p)
         open_run_folder(out, fresh=not resume)
@@ -429,7 +428,7 @@ def dry_run(cfg:DPConfig, out, resume:bool=False, timed:bool=False, memory_limit
     try: names, prompts = entry.classes(cfg); n_classes = len(names)
     except (OSError, ValueError): names = prompts = n_classes = None          # the check has said why
     data = dict(images=counts, n_classes=n_classes) if counts else {}
-    if n_classes and cfg.pool_size < n_classes: problems.append(f"pool_size is {cfg.pool_size} but the run has {n_classes} classes: every class needs an image; pass --pool-size {n_classes} or more")
+    if n_classes and (p := pool_size_problem(cfg, n_classes)): problems.append(p)
     if entry.generator == 'stable-diffusion':
         sd_configs, p = check_sd_folder(cfg.sd_path); problems += p
         if cfg.guidance_decoder and not (Path(cfg.guidance_decoder).expanduser() / 'config.json').exists():

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['DEVICE_TYPES', 'SELECTIONS', 'LEGACY_SELECTIONS', 'SCORE_METRICS', 'SCHEDULERS', 'GUIDANCE_FORMS', 'POOL_AUGMENTS',
            'PRECISIONS', 'DATASETS', 'TYPE_NAMES', 'MAXIMA', 'MAXIMA_WHY', 'PRESETS', 'device_type', 'legacy_selection',
-           'DPConfig', 'check_value', 'preset', 'steps_per_epoch', 'in_decay_phase', 'process_batches', 'Sampling',
-           'initial_sampling', 'refresh_sampling', 'config_from_file']
+           'DPConfig', 'check_value', 'preset', 'steps_per_epoch', 'in_decay_phase', 'process_batches',
+           'pool_size_problem', 'Sampling', 'initial_sampling', 'refresh_sampling', 'config_from_file']
 
 # %% ../nbs/00_config.ipynb #94d2603c
 import dataclasses, json, math, numbers, re
@@ -206,6 +206,13 @@ def process_batches(cfg:DPConfig,  # the run
     per_process = cfg.batch_size // world
     micro = min(cfg.device_batch_size or per_process, per_process)
     return per_process, micro, math.ceil(per_process / micro)
+
+
+# %% ../nbs/00_config.ipynb #c85456c6
+def pool_size_problem(cfg:DPConfig, n_classes:int)->str|None:
+    "The problem with `cfg.pool_size` for a run of `n_classes` classes (fewer images than classes), or None."
+    if cfg.pool_size < n_classes:
+        return f"pool_size is {cfg.pool_size} but the run has {n_classes} classes: every class needs an image; pass --pool-size {n_classes} or more"
 
 
 # %% ../nbs/00_config.ipynb #5a8cbbea

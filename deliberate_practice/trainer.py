@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['POOL', 'INIT', 'EPOCH', 'REFRESH', 'EVAL_BATCH_SIZE', 'LARGE_SPLIT', 'NONFINITE_KEYS', 'wsd_lr', 'cosine_lr',
            'augment_batch', 'record_run', 'DPTrainer', 'rng_states', 'set_rng_states', 'checkpoint_field',
-           'checkpoint_config']
+           'require_fields', 'checkpoint_config']
 
 # %% ../nbs/08_trainer.ipynb #3aa7e536
 import dataclasses, json, math, random, sys, time, numbers
@@ -22,7 +22,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from .guidance import entropy, eval_mode
-from .config import (DPConfig, PRESETS, preset, TYPE_NAMES, in_decay_phase, steps_per_epoch, process_batches,
+from .config import (DPConfig, PRESETS, preset, TYPE_NAMES, in_decay_phase, steps_per_epoch, process_batches, pool_size_problem,
                                         initial_sampling, refresh_sampling)
 from .pool import Pool
 from .models import accuracy
@@ -92,8 +92,7 @@ def _default_parts(cfg, generator, data, classifier, device=None):
     if cfg.image_size is not None and tuple(generator.image_shape[-2:]) != (cfg.image_size,) * 2:
         raise ValueError(f"image_size is {cfg.image_size} but the generator returns {tuple(generator.image_shape[-2:])} images; "
                          f"build it with classifier_size={cfg.image_size}")
-    if cfg.pool_size < generator.n_classes: raise ValueError(f"pool_size is {cfg.pool_size} but the run has {generator.n_classes} classes: "
-                                                             f"every class needs an image; pass --pool-size {generator.n_classes} or more")
+    if (p := pool_size_problem(cfg, generator.n_classes)): raise ValueError(p)
     if classifier is None:
         from deliberate_practice.models import create_classifier
         with seeded(derive_seed(cfg.seed, INIT)):
@@ -252,6 +251,7 @@ def train_epoch(self:DPTrainer)->tuple:
     if self.world > 1: dl = self.acc.prepare_data_loader(dl)          # each process: its share of each global batch
     first = self.dist.process_index == 0                              # a resumed epoch's partial sums: all processes' together, on the first
     ent, n, lr, k, left = (at['ent'] if first else torch.zeros(())).to(dev), at['n'] if first else 0, at['lr'], at['batch'], len(dl)
+    totals = lambda e, k: self.acc.gather(torch.stack([e, torch.tensor(float(k), device=dev)])[None]).sum(0) if self.world > 1 else (e, k)   # over the processes
     crops, outer = torch.Generator().manual_seed(derive_seed(c.seed, EPOCH, self.epoch, 2)), rng_states()
     m.train()
     with seeded(derive_seed(c.seed, EPOCH, self.epoch, 1)):
@@ -267,12 +267,10 @@ def train_epoch(self:DPTrainer)->tuple:
             if self.ema is not None: self.ema.update(m, step=self.step)
             fault_point('batch'); stop, due = self._poll()
             if (stop or due) and left:
-                tot = self.acc.gather(torch.stack([ent, torch.tensor(float(n), device=dev)])[None]).sum(0) if self.world > 1 else (ent, n)
+                tot = totals(ent, n)
                 self.save(at=dict(kind='train', batch=k, ent=tot[0].cpu(), n=int(tot[1]), lr=lr, rng=rng_states(), crops=crops.get_state(), outer=outer))
                 if stop: raise Preempted(f"in epoch {self.epoch + 1} after batch {k}: checkpoint written")
-    if self.world > 1:
-        ent, n = self.acc.gather(torch.stack([ent, torch.tensor(float(n), device=dev)])[None]).sum(0)
-        self._sync_buffers()
+    if self.world > 1: ent, n = totals(ent, n); self._sync_buffers()
     return (ent / n).item(), lr
 
 
@@ -432,15 +430,19 @@ def checkpoint_field(path, field:str):
         msg = ' '.join(str(e).split())[:300]
         raise ValueError(f"checkpoint {path}: field {field!r} does not fit this run ({type(e).__name__}: {msg}); start the run again") from None
 
+def require_fields(sd, path, keys):
+    "Check that the checkpoint `sd` read from `path` is a dict holding every field of `keys`; else one line naming the first missing."
+    if not isinstance(sd, dict): raise ValueError(f"checkpoint {path} holds a {type(sd).__name__}, not a checkpoint's dict")
+    for k in keys:
+        if k not in sd: raise ValueError(f"checkpoint {path} has no field {k!r}: it is from another version or a partial copy; start the run again")
+
 
 # %% ../nbs/08_trainer.ipynb #aa49fe73
 @patch
 def load_state_dict(self:DPTrainer, sd:dict, path='checkpoint'):   # `path`: the file it came from, named in errors
     "Restore a `state_dict` (the config must match this trainer's); a field that does not fit is a one-line error naming it."
     f = partial(checkpoint_field, path)
-    if not isinstance(sd, dict): raise ValueError(f"checkpoint {path} holds a {type(sd).__name__}, not a checkpoint's dict")
-    for k in ('config', 'epoch', 'step', 'history', 'model', 'opt', 'sched', 'pool', 'patience', 'rng'):
-        if k not in sd: raise ValueError(f"checkpoint {path} has no field {k!r}: it is from another version or a partial copy; start the run again")
+    require_fields(sd, path, ('config', 'epoch', 'step', 'history', 'model', 'opt', 'sched', 'pool', 'patience', 'rng'))
     if sd['config'] != self.cfg.to_dict(): raise ValueError(f"checkpoint {path}: its config differs from the trainer's config")
     h = sd['history']
     if not isinstance(h, list) or not all(isinstance(r, dict) and 'epoch' in r for r in h): raise ValueError(f"checkpoint {path}: field 'history' is not a list of epoch rows")
@@ -496,8 +498,7 @@ def has_run(cls:DPTrainer, out)->bool:
 
 def checkpoint_config(sd, path)->DPConfig:
     "The `DPConfig` of the checkpoint `sd` read from `path`; a missing or unknown field is one line naming it."
-    if not isinstance(sd, dict) or 'config' not in sd:
-        raise ValueError(f"checkpoint {path} has no field 'config': it is from another version or a partial copy; start the run again")
+    require_fields(sd, path, ('config',))
     with checkpoint_field(path, 'config'): return DPConfig.from_dict(sd['config'])
 
 @patch(cls_method=True)
