@@ -49,6 +49,7 @@ class DPConfig:
     selection:str = 'easiest'     # which images a refresh prunes: the lowest-scoring by `score_metric` ('easiest'), 'random', or 'none' (static pool)
     score_metric:str = 'entropy'  # the difficulty score selection 'easiest' prunes the lowest of: entropy (the paper), margin or loss
     grow:bool = False             # long version's grow mode: add the new images instead of replacing the pruned ones
+    keep_pruned:bool = False      # keep every pruned image in the run folder's pruned/ (for `dp-pool export --all`); off: 4 per class and refresh, for the gallery
     omega:float = 0.2             # entropy-guidance weight of refreshes, in the units of `guidance_form`; digits: the omega sweep of 09_ablation (tuning seeds)
     cfg_scale:float = 2.0         # CFG scale of refreshes in diffusers' convention, u + cfg_scale (c - u): the paper's lambda + 1 (long version eq. 5)
     cfg_scale_init:float = 2.0    # CFG scale of the initial (unguided) pool, diffusers' convention as `cfg_scale`
@@ -85,6 +86,7 @@ class DPConfig:
     prompt_template:str = 'a photo of a {name}'  # Stable Diffusion: the prompt of a class ({name}: its name); classes.json and `prompts` override it per class
     device:str = 'cpu'            # torch device of classifier and generator
     seed:int = 0                  # seeds everything random in the run
+    initial_pool:str|None = None  # a pool folder to start from instead of generating the initial pool (`dp-generate`, `dp-pool import`); checked against the run
 
     def __post_init__(self): _validate(self)
     def to_dict(self)->dict: return asdict(self)

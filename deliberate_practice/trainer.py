@@ -24,7 +24,7 @@ from timm.utils import ModelEmaV3
 from .guidance import entropy, eval_mode
 from .config import (DPConfig, PRESETS, preset, TYPE_NAMES, in_decay_phase, steps_per_epoch, process_batches, pool_size_problem,
                                         initial_sampling, refresh_sampling)
-from .pool import Pool
+from .pool import Pool, pool_spec, open_checked, start_from
 from .models import accuracy
 from .data import dataset_entry, balanced_labels, as_dataset
 from .generators import build_parts
@@ -124,13 +124,15 @@ class DPTrainer:
                  tensorboard:bool=False,        # also write TensorBoard scalars to `out/tensorboard` (if tensorboard is installed)
                  fresh:bool=True,               # `out` must hold no earlier run (False: this trainer continues the run in it)
                  command:list=None,             # the command line that started the run, recorded in `out/run.json`
-                 checkpoint_every:float=30.):   # minutes between checkpoints inside an epoch (None: only at epoch ends and before refreshes)
+                 checkpoint_every:float=30.,    # minutes between checkpoints inside an epoch (None: only at epoch ends and before refreshes)
+                 initial_pool=None):            # a pool folder to start from (None: `cfg.initial_pool`; a shared pool of `dp-reproduce`)
         self.dist, self.acc = distributed_state(cfg), make_accelerator(cfg)      # bound to this process's device before any model is built
         self.world, self.is_main = self.dist.num_processes, self.dist.is_main_process
         recorded = out is not None and self.is_main and (open_run_folder(out, fresh) and record_run(out, cfg, command))   # before anything is loaded
         self.per_process, self.micro_batch, self.accum_steps = process_batches(cfg, self.world)   # the global batch, however many processes
         self.cfg, self.out, self.progress, self.callbacks = cfg, out and Path(out), progress if self.is_main else False, list(callbacks)
         self.checkpoint_every, self._at, self._saved_at = checkpoint_every, None, time.monotonic()
+        self.initial_pool = initial_pool if initial_pool is not None else cfg.initial_pool
         try:
             self.device = run_device(cfg)
             self.generator, self.data, model = _default_parts(cfg, generator, data, classifier, self.device)
@@ -192,18 +194,31 @@ def pool_root(self:DPTrainer):
 # %% ../nbs/08_trainer.ipynb #51b98439
 @patch
 def build_pool(self:DPTrainer):
-    "The initial pool (round 0): balanced labels, `cfg_scale_init`, no feedback; batches finished before an interruption are loaded, not sampled."
+    "The initial pool (round 0): from `initial_pool` if given, else generated (balanced labels, `cfg_scale_init`, no feedback); batches finished before an interruption are loaded."
     c, t0, labels = self.cfg, time.perf_counter(), balanced_labels(self.cfg.pool_size, self.generator.n_classes)
     root = self.pool_root
     if root is not None and root.is_symlink(): raise ValueError(f"pool folder {root} is a symbolic link: a run writes its pool inside its own folder; remove the link")
     if root is not None and (root / INDEX).exists():                  # committed before the first checkpoint was written: this run's own pool
         self.pool = Pool.load(root)
-        if self.pool.round != 0 or not torch.equal(self.pool.labels, labels):
+        if self.pool.round != 0 or (self.initial_pool is None and not torch.equal(self.pool.labels, labels)):
             raise ValueError(f"pool {root} is not this run's initial pool (round {self.pool.round}, {len(self.pool)} images): move it away and resume")
-        self.pool.dist, self.pool.scratch = self._dist, self.scratch
+    elif self.initial_pool is not None: self.pool = self._start_from(self.initial_pool, root)
     else: self.pool = Pool.generate(self.generator, labels, initial_sampling(c), derive_seed(c.seed, POOL), root=root,
                                     progress=self.progress, dist=self._dist, scratch=self.scratch)
+    self.pool.dist, self.pool.scratch = self._dist, self.scratch
     self.wall_s += time.perf_counter() - t0
+
+
+# %% ../nbs/08_trainer.ipynb #fb047def
+@patch
+def _start_from(self:DPTrainer, path, root)->Pool:
+    "The run's initial pool from the pool folder `path`, checked on every process; on disk the main process links it into `root`, the others open it."
+    spec = pool_spec(self.generator, self.cfg.pool_size, initial_sampling(self.cfg), derive_seed(self.cfg.seed, POOL))
+    open_checked(path, spec)                                          # every process: a mismatch stops them all
+    if root is None or self.world == 1: return start_from(path, spec, root)
+    if self.is_main: start_from(path, spec, root)
+    self.dist.wait_for_everyone()
+    return Pool.load(root)
 
 
 # %% ../nbs/08_trainer.ipynb #a7c31e03
@@ -241,6 +256,15 @@ def _poll(self:DPTrainer)->tuple:
     return agree(self._dist, preempt_requested(), due)
 
 
+# %% ../nbs/08_trainer.ipynb #5cda4911
+def _own_sums(at:dict, rank:int, world:int)->tuple:
+    "(entropy sum, images) this process had summed in the epoch a checkpoint `at` stopped in: its own, so that resumed sums add up in the uninterrupted order; a checkpoint of another world size, or one holding the total: the total on the first process."
+    e, n = at['ent'], at['n']
+    if isinstance(n, list) and len(n) == world: return e[rank].clone(), n[rank]
+    total = (e.sum(), sum(n)) if isinstance(n, list) else (e, n)
+    return (total[0].reshape(()).clone(), total[1]) if rank == 0 else (torch.zeros(()), 0)
+
+
 # %% ../nbs/08_trainer.ipynb #4bf79107
 @patch
 def train_epoch(self:DPTrainer)->tuple:
@@ -249,9 +273,10 @@ def train_epoch(self:DPTrainer)->tuple:
     order = list(RandomSampler(self.pool, num_samples=c.pool_size, generator=torch.Generator().manual_seed(derive_seed(c.seed, EPOCH, self.epoch))))
     dl = DataLoader(self.pool, c.batch_size, sampler=order[at['batch'] * c.batch_size:], drop_last=self.mixup is not None)
     if self.world > 1: dl = self.acc.prepare_data_loader(dl)          # each process: its share of each global batch
-    first = self.dist.process_index == 0                              # a resumed epoch's partial sums: all processes' together, on the first
-    ent, n, lr, k, left = (at['ent'] if first else torch.zeros(())).to(dev), at['n'] if first else 0, at['lr'], at['batch'], len(dl)
-    totals = lambda e, k: self.acc.gather(torch.stack([e, torch.tensor(float(k), device=dev)])[None]).sum(0) if self.world > 1 else (e, k)   # over the processes
+    ent, n = _own_sums(at, self.dist.process_index, self.world)       # a resumed epoch's partial sums: each process its own
+    ent, lr, k, left = ent.to(dev), at['lr'], at['batch'], len(dl)
+    per_process = lambda e, k: self.acc.gather(torch.stack([e, torch.tensor(float(k), device=dev)])[None]) if self.world > 1 else torch.stack([e, torch.tensor(float(k))])[None]
+    totals = lambda e, k: per_process(e, k).sum(0) if self.world > 1 else (e, k)   # over the processes
     crops, outer = torch.Generator().manual_seed(derive_seed(c.seed, EPOCH, self.epoch, 2)), rng_states()
     m.train()
     with seeded(derive_seed(c.seed, EPOCH, self.epoch, 1)):
@@ -267,8 +292,8 @@ def train_epoch(self:DPTrainer)->tuple:
             if self.ema is not None: self.ema.update(m, step=self.step)
             fault_point('batch'); stop, due = self._poll()
             if (stop or due) and left:
-                tot = totals(ent, n)
-                self.save(at=dict(kind='train', batch=k, ent=tot[0].cpu(), n=int(tot[1]), lr=lr, rng=rng_states(), crops=crops.get_state(), outer=outer))
+                part = per_process(ent, n).cpu()                                  # (processes, 2): each one's sums, restored as they were
+                self.save(at=dict(kind='train', batch=k, ent=part[:, 0].clone(), n=[int(v) for v in part[:, 1].tolist()], lr=lr, rng=rng_states(), crops=crops.get_state(), outer=outer))
                 if stop: raise Preempted(f"in epoch {self.epoch + 1} after batch {k}: checkpoint written")
     if self.world > 1: ent, n = totals(ent, n); self._sync_buffers()
     return (ent / n).item(), lr
@@ -297,7 +322,7 @@ def refresh(self:DPTrainer)->dict:
     with eval_mode(self.eval_model) as clf:
         info = self.pool.refresh(self.generator, clf, c.prune_frac, selection=c.selection, sampling=refresh_sampling(c), metric=c.score_metric,
                                  seed=derive_seed(c.seed, REFRESH, self.n_refreshes), grow=c.grow, progress=callable(self.progress) and self.progress,
-                                 dist=self._dist, scratch=self.scratch)
+                                 dist=self._dist, scratch=self.scratch, archive=self.out and self.out / 'pruned', keep_pruned=c.keep_pruned)
     self.wait, self.n_refreshes, self.cur_patience = 0, self.n_refreshes + 1, self.cur_patience + c.patience_growth
     return info
 
@@ -519,13 +544,14 @@ def saved_config(cls:DPTrainer, out)->DPConfig:
 def resume(cls:DPTrainer, out,         # folder of a run started with `out=`
            generator=None, data:dict=None, classifier:nn.Module=None, progress=False, callbacks=(), tensorboard:bool=False,
            checkpoint_every:float=30.,  # minutes between checkpoints inside an epoch
+           initial_pool=None,           # the pool folder the run starts from, when it is not `cfg.initial_pool` (a shared pool of `dp-reproduce`)
           )->DPTrainer:                # a trainer where the run stopped; call `fit()` to continue
     "Reload the run in `out`: from its last checkpoint, or, killed before the first one, from `run.json` (the initial pool's finished batches are kept)."
     out = Path(out)
     sd = read_checkpoint(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
     if sd is None: cfg = cls.saved_config(out)                            # killed before its first checkpoint: run.json
     else: cfg = checkpoint_config(sd, out / CHECKPOINT)
-    t = cls(cfg, generator, data, classifier, out, progress, callbacks, tensorboard, fresh=False, checkpoint_every=checkpoint_every)
+    t = cls(cfg, generator, data, classifier, out, progress, callbacks, tensorboard, fresh=False, checkpoint_every=checkpoint_every, initial_pool=initial_pool)
     if sd is not None: t.load_state_dict(sd, out / CHECKPOINT)           # read on the CPU: each tensor moves to the trainer's device
     return t
 

@@ -2,6 +2,7 @@
 import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
+import torch
 from deliberate_practice.cli import dp_train
 from conftest import imagenet_layout
 
@@ -45,7 +46,12 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     assert r.returncode == 0, r.stderr
     assert _strip(_lines(killed)) == _strip(_lines(ref))
     assert json.loads((killed / 'final.json').read_text()) == json.loads((ref / 'final.json').read_text())
-    assert sorted(f.name for f in killed.iterdir() if f.name != '.lock') == ['checkpoint.pt', 'curves.png', 'final.json', 'history.csv', 'history.jsonl', 'model', 'run.json']   # no temp or half-written file
+    assert sorted(f.name for f in killed.iterdir() if f.name != '.lock') == ['checkpoint.pt', 'curves.png', 'final.json', 'history.csv', 'history.jsonl', 'model', 'pruned', 'run.json']   # no temp or half-written file
+    from safetensors.torch import load_file
+    arch = lambda d: {f.name: load_file(str(f)) if f.suffix == '.safetensors' else f.read_text() for f in sorted((d / 'pruned').iterdir())}
+    a, b = arch(killed), arch(ref)                                                 # each refresh's pruned images and class entropies: as if never killed
+    assert a.keys() == b.keys() and len(b) >= 2
+    for k in a: assert a[k] == b[k] if isinstance(a[k], str) else torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True) is None
 
 def test_resume_refuses_changed_config(tmp_path, capsys):
     dp_train(['--out', str(tmp_path), '--pool-size', '20', '--n-steps', '2', '--epochs', '1', '--quiet'])

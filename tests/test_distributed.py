@@ -73,7 +73,7 @@ def test_dp_train_two_processes_matches_one(tmp_path):
     for f in (one, two): assert f['pool_class_counts'] == [6] * 10 and f['n_generated'] == 60 * (1 + f['refreshes'])
     if one['refreshes'] == two['refreshes']: assert one['n_generated'] == two['n_generated']
     assert abs(one['test_acc'] - two['test_acc']) <= 0.1, (one['test_acc'], two['test_acc'])
-    assert sorted(p.name for p in (tmp_path / 'two').iterdir() if not p.name.startswith('.')) == ['checkpoint.pt', 'curves.png', 'final.json', 'history.csv', 'history.jsonl', 'model', 'run.json']
+    assert sorted(p.name for p in (tmp_path / 'two').iterdir() if not p.name.startswith('.')) == ['checkpoint.pt', 'curves.png', 'final.json', 'history.csv', 'history.jsonl', 'model', 'pruned', 'run.json']
     rows = (tmp_path / 'two' / 'history.csv').read_text().splitlines()
     assert rows[0].split(',') == list(json.loads((tmp_path / 'two' / 'history.jsonl').read_text().splitlines()[0])) and len(rows) == 9
 
