@@ -4,18 +4,18 @@
 
 # %% auto #0
 __all__ = ['ROWS', 'REAL_ROW', 'PAPER_TABLE1', 'SEEDS', 'TUNING_SEEDS', 'SCALES', 'PATIENCE_10', 'PATIENCE', 'QUICK',
-           'PRESET_FIELDS', 'RESULT', 'HISTORY_KEYS', 'CLAIMS', 'RESULTS', 'TABLE', 'FIGURE', 'WRITE_EVERY', 'FULL_K',
-           'COVERAGE_KS', 'COVERAGE_ROWS', 'COVERAGE_RESULTS', 'COVERAGE_TABLE', 'COVERAGE_FIGURE', 'row_kind',
-           'preset', 'presets_markdown', 'run_dir', 'scale_parts', 'pool_key', 'initial_pool', 'has_real',
-           'real_images', 'real_pool', 'run_row', 'Runs', 'summarize', 'images_seen', 'mean_curve', 'efficiency',
-           'paired_gap', 'verdict', 'paired_ci', 'seed_share', 'image_share', 'best_dp_row', 'holm', 'p_verdict',
-           'claims', 'claims_markdown', 'table1_markdown', 'budget_curve', 'budget_band', 'plot_scaling',
-           'write_outputs', 'load_results', 'redraw', 'usable_cores', 'reproduce', 'parse_overrides', 'scale_rows',
-           'reproduce_command', 'sweep', 'sweep_records', 'choose_setting', 'train_k_generator', 'coverage_generator',
-           'coverage_sweep', 'coverage_markdown', 'plot_coverage']
+           'PRESET_FIELDS', 'RESULT', 'HISTORY_KEYS', 'POOLS', 'CLAIMS', 'RESULTS', 'TABLE', 'FIGURE', 'WRITE_EVERY',
+           'FULL_K', 'COVERAGE_KS', 'COVERAGE_ROWS', 'COVERAGE_RESULTS', 'COVERAGE_TABLE', 'COVERAGE_FIGURE',
+           'row_kind', 'preset', 'presets_markdown', 'run_dir', 'scale_parts', 'pool_key', 'initial_pool', 'has_real',
+           'real_images', 'real_pool', 'shared_pool_dir', 'shared_initial_pool', 'run_row', 'Runs', 'summarize',
+           'images_seen', 'mean_curve', 'efficiency', 'paired_gap', 'verdict', 'paired_ci', 'seed_share', 'image_share',
+           'best_dp_row', 'holm', 'p_verdict', 'claims', 'claims_markdown', 'table1_markdown', 'budget_curve',
+           'budget_band', 'plot_scaling', 'write_outputs', 'load_results', 'redraw', 'usable_cores', 'reproduce',
+           'parse_overrides', 'scale_rows', 'reproduce_command', 'sweep', 'sweep_records', 'choose_setting',
+           'train_k_generator', 'coverage_generator', 'coverage_sweep', 'coverage_markdown', 'plot_coverage']
 
 # %% ../nbs/09_ablation.ipynb #8659f702
-import copy, json, math, multiprocessing, os, shutil, sys, time
+import copy, hashlib, json, math, multiprocessing, os, shutil, sys, time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 import numpy as np
@@ -24,10 +24,10 @@ import matplotlib.pyplot as plt
 import torch
 from scipy import stats
 from fastprogress.fastprogress import progress_bar
-from .trainer import DPConfig, DPTrainer, PRESETS
+from .trainer import DPConfig, DPTrainer, PRESETS, POOL, initial_sampling
 from .generators import digits_weights, build_parts
-from .store import atomic_write, CHECKPOINT, distributed_state, run_device
-from .data import dataset_entry
+from .store import atomic_write, CHECKPOINT, INDEX, distributed_state, run_device, derive_seed
+from .data import dataset_entry, balanced_labels
 
 # %% ../nbs/09_ablation.ipynb #9b1b129f
 ROWS = ('static-cosine', 'static-wsd', 'dp-p10-25', 'dp-p8-25', 'dp-p8-50', 'dp-p8-75', 'dp-p8-100', 'random-p8-100')
@@ -115,7 +115,8 @@ def scale_parts(cfg:DPConfig)->tuple:
 # %% ../nbs/09_ablation.ipynb #cb21c816
 def pool_key(cfg:DPConfig)->tuple:
     "What the initial pool depends on: rows with the same key start from the same images."
-    return (cfg.dataset, cfg.digits_generator, cfg.seed, cfg.pool_size, cfg.cfg_scale_init, cfg.n_steps, cfg.gen_batch_size, cfg.sd_path, cfg.image_size)
+    return (cfg.dataset, cfg.digits_generator, cfg.seed, cfg.pool_size, cfg.cfg_scale_init, cfg.n_steps, cfg.gen_batch_size, cfg.sd_path, cfg.image_size,
+            cfg.prompts, cfg.prompt_template)
 
 # %% ../nbs/09_ablation.ipynb #18c93f63
 def initial_pool(cfg:DPConfig, generator, data)->tuple:
@@ -156,6 +157,28 @@ def _result(row, seed, trainer)->dict:
     return dict(row=row, seed=seed, val_acc=fin['val_acc'], test_acc=fin['test_acc'], best_val_acc=fin['best_val_acc'], n_generated=fin['n_generated'],
                 refreshes=fin['refreshes'], wall_s=trainer.wall_s, config=fin['config'], history=[{k: h[k] for k in HISTORY_KEYS} for h in trainer.history])
 
+# %% ../nbs/09_ablation.ipynb #754a8741
+POOLS = 'pools'   # a reproduction's shared initial pools: OUT/pools/sSEED-KEY
+
+def shared_pool_dir(out, cfg:DPConfig)->Path:
+    "The folder of the initial pool shared by the rows of `cfg.seed` (and of any row with the same `pool_key`)."
+    return Path(out) / POOLS / f"s{cfg.seed}-{hashlib.sha1(json.dumps(pool_key(cfg)).encode()).hexdigest()[:10]}"
+
+
+# %% ../nbs/09_ablation.ipynb #355f19f8
+def shared_initial_pool(cfg:DPConfig, generator, out, log=print)->Path:
+    "The initial pool every row of `cfg.seed` starts from, made once in `shared_pool_dir` (under accelerate launch, every process takes chunks of it)."
+    from deliberate_practice.pool import generate_offline
+    d, state = shared_pool_dir(out, cfg), distributed_state(cfg)
+    if (d / INDEX).exists(): return d
+    if state.is_main_process and log: log(f"dp-reproduce: seed {cfg.seed}: generating its initial pool once, {cfg.pool_size:,} images into {d}; every row of the seed starts from it")
+    generate_offline(generator, balanced_labels(cfg.pool_size, generator.n_classes), initial_sampling(cfg), derive_seed(cfg.seed, POOL), d,
+                     state.process_index, state.num_processes)
+    state.wait_for_everyone()
+    if not (d / INDEX).exists(): raise ValueError(f"the shared initial pool {d} is unfinished after every process's part: run dp-reproduce again to finish it")
+    return d
+
+
 # %% ../nbs/09_ablation.ipynb #a8c5ae31
 def run_row(cfg:DPConfig,        # the row's configuration (from `preset`)
             row:str,             # the row's name (recorded in the result)
@@ -163,7 +186,7 @@ def run_row(cfg:DPConfig,        # the row's configuration (from `preset`)
             generator=None,      # shared generator (default: `scale_parts(cfg)`)
             data:dict=None,      # shared real splits dict(val=..., test=...)
             progress:bool=False, # fastprogress bars of the trainer
-            initial_pool=None,   # (Pool, seconds) from `initial_pool`: start from a copy instead of generating the same pool again
+            initial_pool=None,   # (Pool, seconds) from `initial_pool`: start from a copy; or a pool folder (`shared_initial_pool`): start from its images
            )->dict:              # the row's result (also in `result.json`)
     "Run (or finish, or read back) one (row, seed) of a reproduction; under `accelerate launch` every process runs it and the main one writes."
     d, state = run_dir(out, row, cfg.seed), distributed_state(cfg)
@@ -172,11 +195,12 @@ def run_row(cfg:DPConfig,        # the row's configuration (from `preset`)
         if DPConfig.from_dict(res['config']).to_dict() != cfg.to_dict(): raise ValueError(f"out {str(out)!r} holds {row} seed {cfg.seed} run with another config; use another --out")
         return res
     if generator is None or data is None: generator, data = scale_parts(cfg)
+    folder = initial_pool if isinstance(initial_pool, (str, Path)) else None
     if DPTrainer.has_run(d):                                     # a checkpoint, or the run.json of a run killed before its first one
         if DPTrainer.saved_config(d) != cfg: raise ValueError(f"out {str(out)!r} holds a {row} seed {cfg.seed} run with another config; use another --out")
-        trainer = DPTrainer.resume(d, generator=generator, data=data, progress=progress)
-    else: trainer = DPTrainer(cfg, generator=generator, data=data, out=d, progress=progress)
-    if trainer.pool is None and initial_pool is not None: trainer.pool, trainer.wall_s = copy.deepcopy(initial_pool[0]), initial_pool[1]
+        trainer = DPTrainer.resume(d, generator=generator, data=data, progress=progress, initial_pool=folder)
+    else: trainer = DPTrainer(cfg, generator=generator, data=data, out=d, progress=progress, initial_pool=folder)
+    if trainer.pool is None and initial_pool is not None and folder is None: trainer.pool, trainer.wall_s = copy.deepcopy(initial_pool[0]), initial_pool[1]
     trainer.fit()
     res = _result(row, cfg.seed, trainer)
     if state.is_main_process: atomic_write(d / RESULT, lambda p: Path(p).write_text(json.dumps(res)))
@@ -186,12 +210,14 @@ def run_row(cfg:DPConfig,        # the row's configuration (from `preset`)
 # %% ../nbs/09_ablation.ipynb #432fc045
 class Runs:
     "Run (row, seed) after (row, seed) in this process: the generator and data loaded once, each seed's initial pool generated once."
-    def __init__(self, generator=None, data:dict=None, keep:int=4):   # shared parts (default: `scale_parts` at first use); initial pools kept
-        self.parts, self.pools, self.keep = (generator, data) if generator is not None and data is not None else None, {}, keep
+    def __init__(self, generator=None, data:dict=None, keep:int=4,   # shared parts (default: `scale_parts` at first use); in-memory initial pools kept
+                 log=print):                                          # where the shared pools are announced (None: nowhere)
+        self.parts, self.pools, self.keep, self.log = (generator, data) if generator is not None and data is not None else None, {}, keep, log
 
-    def pool(self, cfg:DPConfig, row:str):
-        "The shared starting pool of (`row`, `cfg.seed`): the real images for `REAL_ROW`, else the seed's initial pool (in-memory pools only)."
-        if not dataset_entry(cfg.dataset).in_memory: return None
+    def pool(self, cfg:DPConfig, row:str, out=None):
+        "The shared starting pool of (`row`, `cfg.seed`): the real images for `REAL_ROW`, else the seed's initial pool (in memory, or its folder in `out`)."
+        if cfg.initial_pool is not None: return None                     # the rows start from the user's pool
+        if not dataset_entry(cfg.dataset).in_memory: return shared_initial_pool(cfg, self.parts[0], out, self.log)
         if row == REAL_ROW: return real_pool(cfg)
         key = pool_key(cfg)
         if key not in self.pools:
@@ -204,7 +230,9 @@ class Runs:
         if (d / RESULT).exists(): return run_row(cfg, row, out)              # read back (config checked), nothing loaded
         if self.parts is None: self.parts = scale_parts(cfg)
         fresh = not (d / CHECKPOINT).exists()
-        return run_row(cfg, row, out, *self.parts, initial_pool=self.pool(cfg, row) if fresh else None)
+        start = self.pool(cfg, row, out) if fresh else None
+        if isinstance(start, Path) and self.log and distributed_state(cfg).is_main_process: self.log(f"dp-reproduce: {row} seed {cfg.seed}: starts from the shared initial pool {start}")
+        return run_row(cfg, row, out, *self.parts, initial_pool=start)
 
 # %% ../nbs/09_ablation.ipynb #a030e5da
 def _mean_std(v):
@@ -580,7 +608,7 @@ def reproduce(scale:str='digits',     # one of `SCALES`
             if report: written = time.perf_counter()
     workers = min(workers, len(todo))
     if workers <= 1:
-        runs = Runs(generator, data)
+        runs = Runs(generator, data, log=print if progress and main else None)
         for k in (progress_bar(todo) if progress and main and todo else todo): finished(k, runs(cfgs[k], k[0], out))
     else:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'), initializer=_worker_init, initargs=(generator, data, threads)) as ex:

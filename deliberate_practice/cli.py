@@ -5,11 +5,12 @@
 # %% auto #0
 __all__ = ['CHOICES', 'GIB', 'MIB', 'GUIDANCE_VIEW_MIB', 'UNET_MIB_PER_LATENT_PX', 'UNET_GRAD_MIB_PER_LATENT_PX',
            'TRAIN_MIB_PER_IMAGE', 'SD15_TFLOP_PER_STEP', 'SD15_DECODE_TFLOP', 'SD15_LATENT_PX', 'GPU_PEAK_TFLOPS',
-           'ASSUMED_MFU', 'REPRODUCE_ARGS', 'flag_names', 'presets_help', 'build_parser', 'parse_args', 'LineReporter',
-           'console_reporter', 'CurvesWriter', 'resolve_config', 'dp_train', 'refresh_schedule', 'plan_counts',
-           'activation_bytes', 'meta_classifier', 'estimate_memory', 'timed_steps', 'disk_needed_gib',
-           'classifier_params', 'check_disk', 'guidance_view', 'image_tflop', 'generation_cost', 'dry_run',
-           'build_reproduce_parser', 'dp_reproduce']
+           'ASSUMED_MFU', 'REPRODUCE_ARGS', 'flag_names', 'presets_help', 'add_config_flags', 'build_parser',
+           'parse_args', 'LineReporter', 'console_reporter', 'CurvesWriter', 'resolve_config', 'dp_train',
+           'refresh_schedule', 'plan_counts', 'activation_bytes', 'meta_classifier', 'estimate_memory', 'timed_steps',
+           'disk_needed_gib', 'classifier_params', 'check_disk', 'guidance_view', 'image_tflop', 'generation_cost',
+           'dry_run', 'build_reproduce_parser', 'shared_pools', 'dp_reproduce', 'worker_slot', 'build_generate_parser',
+           'dp_generate']
 
 # %% ../nbs/10_cli.ipynb #4e449efc
 import argparse, dataclasses, json, math, os, sys, textwrap, time
@@ -17,7 +18,7 @@ from pathlib import Path
 from fastcore.docments import docments
 from .config import (DPConfig, PRESETS, preset, check_value, config_from_file, SELECTIONS, SCORE_METRICS, SCHEDULERS,
                                         DATASETS, PRECISIONS, GUIDANCE_FORMS, POOL_AUGMENTS, device_type, in_decay_phase, steps_per_epoch,
-                                        process_batches, pool_size_problem)
+                                        process_batches, pool_size_problem, initial_sampling)
 
 # %% ../nbs/10_cli.ipynb #751288f9
 class _OneLineParser(argparse.ArgumentParser):
@@ -41,6 +42,17 @@ def presets_help()->str:
     return 'presets (what each changes in the defaults above):\n' + '\n'.join(
         textwrap.fill(changes(kw), 100, initial_indent=f'  {n}: ', subsequent_indent=' ' * 4) for n, kw in PRESETS.items())
 
+# %% ../nbs/10_cli.ipynb #8ce04d54
+def add_config_flags(p:argparse.ArgumentParser, skip:tuple=())->argparse.ArgumentParser:
+    "Add one flag per `DPConfig` field (but those in `skip`), in both spellings, documented from the field's comment."
+    docs = docments(DPConfig)
+    for f in dataclasses.fields(DPConfig):
+        if f.name in skip: continue
+        kw = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(metavar='{' + ','.join(CHOICES[f.name]) + '}' if f.name in CHOICES else f.name.upper())
+        p.add_argument(*flag_names(f.name), dest=f.name, help=f"{docs.get(f.name) or ''} (default: {f.default})", **kw)
+    return p
+
+
 # %% ../nbs/10_cli.ipynb #067ee039
 def build_parser()->argparse.ArgumentParser:
     "The `dp-train` parser: run flags (`--out`, `--resume`, `--preset`, `--config`, ...) and one flag per `DPConfig` field, each in both spellings."
@@ -59,11 +71,7 @@ def build_parser()->argparse.ArgumentParser:
                    help='also write a checkpoint inside an epoch every MINUTES (default: 30); a kill without warning loses at most that')
     p.add_argument(*flag_names('quiet'), action='store_true', help='no per-epoch line on stdout')
     p.add_argument(*flag_names('tensorboard'), action='store_true', help='also write TensorBoard scalars to OUT/tensorboard (pip install "deliberate_practice[tensorboard]")')
-    docs = docments(DPConfig)
-    for f in dataclasses.fields(DPConfig):
-        kw = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(metavar='{' + ','.join(CHOICES[f.name]) + '}' if f.name in CHOICES else f.name.upper())
-        p.add_argument(*flag_names(f.name), dest=f.name, help=f"{docs.get(f.name) or ''} (default: {f.default})", **kw)
-    return p
+    return add_config_flags(p)
 
 # %% ../nbs/10_cli.ipynb #7a050d3f
 def parse_args(argv:list=None)->tuple:  # command-line arguments (default: sys.argv[1:])
@@ -496,6 +504,7 @@ def build_reproduce_parser()->argparse.ArgumentParser:
     a('model', help="timm classifier instead of the scale's")
     a('device', help='torch device, e.g. cuda')
     a('config', metavar='FILE', help="JSON or YAML file of DPConfig fields for every row (a run's final.json works)")
+    a('initial_pool', metavar='DIR', help='a pool folder (dp-generate) every row and seed starts from, instead of one initial pool generated per seed')
     a('overrides', nargs='+', metavar='FIELD=VALUE', help='more DPConfig fields for every row (over --config)')
     a('workers', type=int, metavar='N', help='processes running the runs (default: one per core at digits scale, else 1)')
     a('threads', type=int, metavar='N', help="torch CPU threads per process (default: 1 at digits scale, torch's elsewhere)")
@@ -524,12 +533,23 @@ def _row_plans(names:list,   # each run's row name
     return rows
 
 
+# %% ../nbs/10_cli.ipynb #6f068451
+def shared_pools(cfgs:list)->dict:
+    "The initial pools a reproduction of `cfgs` generates (one per `ablation.pool_key`, none for a run with `initial_pool`), their images, and the images sharing saves."
+    from deliberate_practice.ablation import pool_key
+    own = [c for c in cfgs if c.initial_pool is None]
+    keys = {pool_key(c): c.pool_size for c in own}
+    return dict(pools=len(keys), images=sum(keys.values()), images_saved=sum(c.pool_size for c in cfgs) - sum(keys.values()),
+                from_initial_pool=len(cfgs) - len(own))
+
+
 # %% ../nbs/10_cli.ipynb #68b0ff56
 def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1:])
     "Console script: `ablation.reproduce_command` from the command line; `--config` fields go under `--overrides`; one-line errors, exit status 2."
     ns = build_reproduce_parser().parse_args(argv)
     try:
         over = [f'{k}={json.dumps(v)}' for k, v in (config_from_file(ns.config) if ns.config else {}).items()] + (ns.overrides or [])
+        if ns.initial_pool is not None: over.append(f'initial_pool={json.dumps(str(ns.initial_pool))}')
         kw = dict({k: getattr(ns, k) for k in REPRODUCE_ARGS}, overrides=over or None)
         from deliberate_practice.ablation import reproduce_command
         if not ns.dry_run: return reproduce_command(**kw)
@@ -538,8 +558,84 @@ def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1
         plan, problems = dry_run(runs[0], Path(ns.out) / 'runs' / 'dry-run', timed=ns.dry_run == 'timed')
         totals = [plan_counts(c) for c in runs]
         plan.update(runs=len(cfgs), **{f'all_{k}': sum(t[k] for t in totals) for k in ('max_images', 'max_guided_images', 'optimizer_steps')})
+        plan['initial_pools'] = shared = shared_pools(runs)
+        plan['all_max_images'] -= shared['images_saved']
+        print(f"dp-reproduce: dry run: initial pools: {shared['pools']} generated once each ({shared['images']:,} images) and shared by the rows of their seed, "
+              f"{shared['images_saved']:,} images fewer than one per run" + (f"; {shared['from_initial_pool']} runs start from --initial-pool" if shared['from_initial_pool'] else ''))
         print(f"dp-reproduce: dry run: {len(cfgs)} runs, at most {plan['all_max_images']:,} images generated ({plan['all_max_guided_images']:,} guided), "
               f"{plan['all_optimizer_steps']:,} optimizer steps in all; the first run's checks and plan:")
         plan['rows'] = _row_plans([c['row'] for c in cfgs], runs, totals, 'generation_cost' in plan)
         _report_dry_run(plan, problems)
     except (ValueError, OSError, FloatingPointError) as e: _fail(e, 'dp-reproduce')
+
+# %% ../nbs/10_cli.ipynb #d66f266c
+def worker_slot(worker_id:int=None, num_workers:int=None, env:dict=None, state=None)->tuple:
+    "(this worker, workers): the flags; else a SLURM array's task (`SLURM_ARRAY_TASK_ID` - `SLURM_ARRAY_TASK_MIN`, `SLURM_ARRAY_TASK_COUNT`); else accelerate's process; else (0, 1)."
+    env = os.environ if env is None else env
+    slurm = 'SLURM_ARRAY_TASK_ID' in env and 'SLURM_ARRAY_TASK_COUNT' in env
+    if worker_id is None: worker_id = (int(env['SLURM_ARRAY_TASK_ID']) - int(env.get('SLURM_ARRAY_TASK_MIN', 0)) if slurm
+                                       else state.process_index if state is not None else 0)
+    if num_workers is None: num_workers = int(env['SLURM_ARRAY_TASK_COUNT']) if slurm else state.num_processes if state is not None else 1
+    if num_workers < 1: raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if not 0 <= worker_id < num_workers: raise ValueError(f"worker_id must be in [0, {num_workers}) for {num_workers} workers, got {worker_id}")
+    return worker_id, num_workers
+
+
+# %% ../nbs/10_cli.ipynb #dc3568f1
+def build_generate_parser()->argparse.ArgumentParser:
+    "The `dp-generate` parser: the pool folder, the worker's slot, and the run flags of `dp-train` that say which pool (preset, config, `DPConfig` fields)."
+    p = _OneLineParser(prog='dp-generate', description="Make a run's initial pool offline, with any number of independent workers; dp-train --initial-pool starts from it.",
+                       epilog=presets_help(), argument_default=argparse.SUPPRESS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', required=True, help='the pool folder, shared by all workers')
+    p.add_argument(*flag_names('worker_id'), type=int, dest='worker_id', help='this worker (default: SLURM_ARRAY_TASK_ID, else the accelerate process, else 0)')
+    p.add_argument(*flag_names('num_workers'), type=int, dest='n_workers', help='generation workers (default: SLURM_ARRAY_TASK_COUNT, else the accelerate processes, else 1)')
+    p.add_argument(*flag_names('preset'), choices=tuple(PRESETS), help="start from a preset (default: --dataset's preset, else digits)")
+    p.add_argument(*flag_names('config'), metavar='FILE', help="JSON or YAML file of DPConfig fields; flags override it")
+    p.add_argument(*flag_names('print_config'), action='store_true', dest='print_config', help='print the resolved configuration as JSON and exit')
+    p.add_argument(*flag_names('threads'), type=int, metavar='N', help="torch CPU threads (default: torch's)")
+    p.add_argument(*flag_names('quiet'), action='store_true', help='no line per shard')
+    return add_config_flags(p, skip=('num_workers',))
+
+
+# %% ../nbs/10_cli.ipynb #cffa6a3b
+def _generate(cfg:DPConfig, ns)->dict:
+    "The worker of `dp_generate`: its slot, the run's generator on its device, then its part of the pool in `--out`."
+    from deliberate_practice.store import distributed_state, run_device, derive_seed
+    from deliberate_practice.data import dataset_entry, balanced_labels
+    from deliberate_practice.generators import GENERATOR_LOADERS
+    from deliberate_practice.trainer import POOL
+    from deliberate_practice.pool import generate_offline
+    state = distributed_state(cfg)
+    worker, n = worker_slot(getattr(ns, 'worker_id', None), getattr(ns, 'n_workers', None), state=state if state.num_processes > 1 else None)
+    entry = dataset_entry(cfg.dataset); names, prompts = entry.classes(cfg)
+    if (p := pool_size_problem(cfg, len(names))): raise ValueError(p)
+    say = (lambda line: None) if getattr(ns, 'quiet', False) else (lambda line: print(f"dp-generate: {line}", flush=True))
+    say(f"worker {worker} of {n}: {cfg.pool_size:,} images of {cfg.dataset} into {ns.out}; loading the generator")
+    gen = GENERATOR_LOADERS[entry.generator](cfg, names, prompts, run_device(cfg))
+    if cfg.image_size is not None and tuple(gen.image_shape[-2:]) != (cfg.image_size,) * 2:
+        raise ValueError(f"image_size is {cfg.image_size} but the generator returns {tuple(gen.image_shape[-2:])} images")
+    res = generate_offline(gen, balanced_labels(cfg.pool_size, gen.n_classes), initial_sampling(cfg), derive_seed(cfg.seed, POOL), ns.out, worker, n, log=say)
+    say(f"worker {worker} of {n}: {len(res['written'])} shards written; " + (f"the pool is whole: start from it with --initial-pool {ns.out}" if res['finished']
+        else "other workers are making the rest (run dp-generate again to finish a dead worker's part)"))
+    return res
+
+
+# %% ../nbs/10_cli.ipynb #907913b8
+def dp_generate(argv:list=None):  # command-line arguments (default: sys.argv[1:])
+    "Console script: one worker of an initial pool made offline into `--out`; SIGTERM stops it after its current batch (exit 75: run it again)."
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    from deliberate_practice.store import preemptible, Preempted, PREEMPTED_EXIT
+    try:
+        with preemptible():
+            ns = build_generate_parser().parse_args(argv)
+            types = {f.name: f.type for f in dataclasses.fields(DPConfig)}
+            kw = {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}),
+                  **{k: check_value(k, v, types[k], parse=True) for k, v in vars(ns).items() if k in types}}
+            cfg = preset(getattr(ns, 'preset', None) or kw.get('dataset', 'digits'), **kw)
+            if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
+            if getattr(ns, 'threads', None) is not None: import torch; torch.set_num_threads(ns.threads)
+            _generate(cfg, ns)
+    except Preempted as e:
+        print(f"dp-generate: {e}; exiting with status {PREEMPTED_EXIT}: run it again to continue", file=sys.stderr, flush=True); sys.exit(PREEMPTED_EXIT)
+    except (ValueError, OSError) as e: _fail(e, 'dp-generate')
+
