@@ -560,10 +560,11 @@ def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1
         plan.update(runs=len(cfgs), **{f'all_{k}': sum(t[k] for t in totals) for k in ('max_images', 'max_guided_images', 'optimizer_steps')})
         plan['initial_pools'] = shared = shared_pools(runs)
         plan['all_max_images'] -= shared['images_saved']
+        print(f"dp-reproduce: dry run: {len(cfgs)} runs, at most {plan['all_max_images']:,} images generated ({plan['all_max_guided_images']:,} guided), "
+              f"{plan['all_optimizer_steps']:,} optimizer steps in all")
         print(f"dp-reproduce: dry run: initial pools: {shared['pools']} generated once each ({shared['images']:,} images) and shared by the rows of their seed, "
               f"{shared['images_saved']:,} images fewer than one per run" + (f"; {shared['from_initial_pool']} runs start from --initial-pool" if shared['from_initial_pool'] else ''))
-        print(f"dp-reproduce: dry run: {len(cfgs)} runs, at most {plan['all_max_images']:,} images generated ({plan['all_max_guided_images']:,} guided), "
-              f"{plan['all_optimizer_steps']:,} optimizer steps in all; the first run's checks and plan:")
+        print("dp-reproduce: dry run: the first run's checks and plan:")
         plan['rows'] = _row_plans([c['row'] for c in cfgs], runs, totals, 'generation_cost' in plan)
         _report_dry_run(plan, problems)
     except (ValueError, OSError, FloatingPointError) as e: _fail(e, 'dp-reproduce')
