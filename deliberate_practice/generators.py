@@ -7,10 +7,12 @@ __all__ = ['NULL_LABEL', 'DIGITS_SCHEDULE', 'DIGITS_UNET_CONFIG', 'DIGITS_TRAINI
            'SD_CONFIGS', 'DRIVEN', 'GENERATOR_LOADERS', 'Generator', 'initial_noise', 'DiffusionGenerator',
            'digits_unet', 'train_digits_generator', 'digits_weights', 'save_digits_unet', 'DigitsGenerator',
            'load_digits_generator', 'prompt_table', 'StableDiffusionGenerator', 'unsupported_sd', 'check_sd_folder',
-           'build_parts', 'tiny_sd_components', 'tiny_taesd']
+           'tiny_sd_components', 'tiny_taesd', 'load_adapters', 'build_parts']
 
 # %% ../nbs/05_generators.ipynb #26f787d4
+import hashlib
 import json
+import math
 from importlib.resources import files
 from typing import Protocol, runtime_checkable
 from pathlib import Path
@@ -20,6 +22,7 @@ from torch import Tensor
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers.loaders import TextualInversionLoaderMixin
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
@@ -299,18 +302,25 @@ class StableDiffusionGenerator(DiffusionGenerator):
         self.alpha_bar = scheduler.alphas_cumprod.float()
         self.sampler_kw = dict(spacing=c.timestep_spacing, steps_offset=c.steps_offset, prediction_type=c.prediction_type,
                                final_alpha_bar=1.0 if c.set_alpha_to_one else self.alpha_bar[0].item())
-        distinct, self.prompt_rows = prompt_table(self.prompts)
-        self.cond_emb = self.encode_prompts(distinct)            # one row per distinct prompt
-        self.uncond_emb = self.encode_prompts([negative_prompt])
+        self.negative_prompt = negative_prompt
+        self.encode_all_prompts()                                # cond_emb (one row per distinct prompt), uncond_emb
 
 # %% ../nbs/05_generators.ipynb #3770a742
 @patch
 @torch.no_grad()
 def encode_prompts(self:StableDiffusionGenerator, prompts:list)->Tensor:
     "Text embeddings (P, L, D) of `prompts`, as the UNet's `encoder_hidden_states`."
+    prompts = TextualInversionLoaderMixin().maybe_convert_prompt(list(prompts), self.tokenizer)   # a multi-vector embedding's token: all its tokens
     ids = self.tokenizer(prompts, padding='max_length', max_length=self.tokenizer.model_max_length, truncation=True,
                          return_tensors='pt').input_ids
     return self.text_encoder(ids.to(self.device))[0]
+
+# %% ../nbs/05_generators.ipynb #deb516ce
+@patch
+def encode_all_prompts(self:StableDiffusionGenerator):
+    "Encode the class prompts (each distinct one once) into `cond_emb` and the negative prompt into `uncond_emb`: when built, and after an adapter changed the text encoder."
+    distinct, self.prompt_rows = prompt_table(self.prompts)
+    self.cond_emb, self.uncond_emb = self.encode_prompts(distinct), self.encode_prompts([self.negative_prompt])
 
 # %% ../nbs/05_generators.ipynb #d94ecd02
 @patch
@@ -446,42 +456,6 @@ def from_pretrained(cls:StableDiffusionGenerator,
     return cls(*comps, class_names, prompt_template=prompt_template, image_size=image_size, dtype=dtype, device=device,
                attention_slicing=attention_slicing, gradient_checkpointing=gradient_checkpointing, guidance_decoder=guidance_decoder, **kwargs)
 
-# %% ../nbs/05_generators.ipynb #4044cdd0
-@patch
-def save_pretrained(self:StableDiffusionGenerator, path):
-    "Save the components as diffusers' `StableDiffusionPipeline` does (with `model_index.json`): `from_pretrained` and `StableDiffusionPipeline.from_pretrained` open it."
-    from diffusers import StableDiffusionPipeline
-    StableDiffusionPipeline(**{k: getattr(self, k) for k in SD_SUBFOLDERS}, safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(path)
-
-# %% ../nbs/05_generators.ipynb #359131f7
-def _digits_generator(cfg, class_names, prompts, device):
-    return load_digits_generator(device=device, path=digits_weights(cfg.digits_generator))
-
-# %% ../nbs/05_generators.ipynb #d935025b
-def _sd_generator(cfg, class_names, prompts, device):
-    return StableDiffusionGenerator.from_pretrained(cfg.sd_path, class_names, prompts=prompts, classifier_size=cfg.image_size, device=device,
-                                                    gradient_checkpointing=cfg.gradient_checkpointing, guidance_decoder=cfg.guidance_decoder)
-
-# %% ../nbs/05_generators.ipynb #1303ba2b
-GENERATOR_LOADERS = {'digits': _digits_generator, 'stable-diffusion': _sd_generator}   # a `DatasetEntry.generator` family -> its loader
-
-# %% ../nbs/05_generators.ipynb #f46bbe47
-def build_parts(cfg:DPConfig,      # the run
-                device=None,       # where the generator runs (None: `cfg.device`)
-                generator=None,    # keep this generator (None: load the dataset's)
-                data:dict=None,    # keep these real splits (None: load the dataset's)
-               )->tuple:           # (generator, dict(val=..., test=...)); `test` is missing for a folder without test/
-    "The generator and real splits of `cfg.dataset`, from its registry entry; its checks run before any weight is loaded."
-    entry = dataset_entry(cfg.dataset)
-    if generator is None:
-        _, problems = entry.check(cfg)
-        if problems: raise ValueError(problems[0] + (f" (and {len(problems) - 1} more problem(s): `dp-train --dry-run` lists them all)" if len(problems) > 1 else ''))
-        generator = GENERATOR_LOADERS[entry.generator](cfg, *entry.classes(cfg), device or cfg.device)
-    if data is None: data = entry.splits(cfg, generator.image_shape[-1])
-    if 'val' not in data: raise ValueError(f"data must hold a real 'val' split (it drives patience), got the splits {sorted(data)}")
-    return generator, data
-
 # %% ../nbs/05_generators.ipynb #ea0d69bf
 def tiny_sd_components(seed:int=0,                     # seeds the random weights
                        prediction_type:str='epsilon',   # the scheduler's: 'epsilon' (SD-1.x, SD-2 base) or 'v_prediction' (SD-2.x 768 px)
@@ -510,3 +484,101 @@ def tiny_taesd(seed:int=0)->AutoencoderTiny: # random-weight TAESD-shaped guidan
     "A random-weight `AutoencoderTiny` for `tiny_sd_components`' latents (4 channels, upsampling x2, like its VAE), test scaffolding."
     return _seeded(seed + 3, lambda: AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
                                                      num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1)))
+
+# %% ../nbs/05_generators.ipynb #4044cdd0
+@patch
+def save_pretrained(self:StableDiffusionGenerator, path):
+    "Save the components as diffusers' `StableDiffusionPipeline` does (with `model_index.json`): `from_pretrained` and `StableDiffusionPipeline.from_pretrained` open it."
+    from diffusers import StableDiffusionPipeline
+    StableDiffusionPipeline(**{k: getattr(self, k) for k in SD_SUBFOLDERS}, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(path)
+
+# %% ../nbs/05_generators.ipynb #24277978
+def _adapter_sha1(field:str, path)->str:
+    "First 16 hex digits of the SHA-1 of an adapter's bytes: a file's, or a folder's .safetensors/.bin files in name order."
+    p = Path(path).expanduser()
+    files = sorted(f for f in p.iterdir() if f.suffix in ('.safetensors', '.bin')) if p.is_dir() else [p] if p.is_file() else []
+    if not files: raise ValueError(f"{field}: {'no .safetensors or .bin weights in the folder' if p.is_dir() else 'no file'} {str(p)!r}: " +
+                                   ('pass a diffusers/PEFT LoRA .safetensors file or a folder holding one' if field == 'lora' else 'pass a textual-inversion embedding file'))
+    h = hashlib.sha1()
+    try:
+        for f in files: h.update(f.read_bytes())
+    except OSError as e: raise ValueError(f"{field}: {str(f)!r} cannot be read ({e.strerror or type(e).__name__}): check it and its permissions") from None
+    return h.hexdigest()[:16]
+
+# %% ../nbs/05_generators.ipynb #9f15c606
+def _load_lora(pipe, path, scale:float):
+    "Load the LoRA at `path` into the pipeline's UNet and text encoder, fuse it at `scale` and drop the PEFT layers: plain weights."
+    from diffusers.utils import USE_PEFT_BACKEND
+    if not USE_PEFT_BACKEND: raise ValueError("lora: loading LoRA weights needs the peft package: pip install peft")
+    try: pipe.load_lora_weights(str(Path(path).expanduser()), adapter_name='lora', local_files_only=True)
+    except Exception as e: raise ValueError(f"lora: {str(path)!r} cannot be loaded as LoRA weights of this model ({type(e).__name__}: "
+                                            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}): pass diffusers/PEFT LoRA weights trained on this base model") from None
+    if not any(pipe.get_list_adapters().values()):
+        raise ValueError(f"lora: {str(path)!r} holds no LoRA weights for this model's UNet or text encoder: pass diffusers/PEFT LoRA weights trained on this base model")
+    pipe.fuse_lora(lora_scale=scale)
+    pipe.unload_lora_weights()
+
+# %% ../nbs/05_generators.ipynb #e1c66f36
+def _load_embedding(pipe, path, prompts:list):
+    "Add the textual-inversion embedding at `path` to the pipeline's tokenizer and text encoder; its token must be in one of `prompts`."
+    before = set(pipe.tokenizer.get_vocab())
+    try: pipe.load_textual_inversion(str(Path(path).expanduser()), local_files_only=True)
+    except Exception as e: raise ValueError(f"textual_inversion: {str(path)!r} cannot be loaded as a textual-inversion embedding of this text encoder ({type(e).__name__}: "
+                                            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}): pass one made for this base model") from None
+    new = sorted(set(pipe.tokenizer.get_vocab()) - before)
+    if not any(t in p for t in new for p in prompts):
+        raise ValueError(f"textual_inversion: its token {new[0]!r} ({str(path)!r}) is in no prompt, so it would change nothing: put it in the prompts "
+                         f"(`prompts` or `prompt_template`, e.g. 'a photo of a {{name}}, {new[0]} style')")
+
+# %% ../nbs/05_generators.ipynb #9b30558c
+def load_adapters(generator,                # a `StableDiffusionGenerator` (any other generator: only without adapters)
+                  lora=None,                # LoRA weights: a diffusers/PEFT .safetensors file or a folder holding one (None: none)
+                  lora_scale:float=1.0,     # the LoRA's weight, fused into the weights (0: the unadapted model, bit for bit)
+                  textual_inversion=None,   # a textual-inversion embedding file; its token must be in a prompt (None: none)
+                 ):                         # the same generator, adapted in place, with `adapters` recorded (untouched when there are none)
+    "Load a LoRA (fused at `lora_scale`) and a textual inversion with diffusers' loaders, encode the prompts again and record `adapters`."
+    lora, textual_inversion = lora or None, textual_inversion or None
+    if lora is None and textual_inversion is None: return generator
+    if not isinstance(generator, StableDiffusionGenerator): raise ValueError(f"lora/textual_inversion adapt Stable Diffusion, not a {type(generator).__name__}: drop them")
+    if getattr(generator, 'adapters', None): raise ValueError(f"the generator already carries adapters {generator.adapters}: load adapters into a freshly loaded one")
+    if not math.isfinite(lora_scale): raise ValueError(f"lora_scale must be a finite number, got {lora_scale}")
+    ids = dict(lora=lora and _adapter_sha1('lora', lora), lora_scale=float(lora_scale) if lora else None,
+               textual_inversion=textual_inversion and _adapter_sha1('textual_inversion', textual_inversion))
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline(**{k: getattr(generator, k) for k in SD_SUBFOLDERS}, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if textual_inversion: _load_embedding(pipe, textual_inversion, [q for p in generator.prompts for q in ([p] if isinstance(p, str) else p)] + [generator.negative_prompt])
+    if lora: _load_lora(pipe, lora, lora_scale)
+    generator.tokenizer, generator.text_encoder, generator.unet, generator.adapters = pipe.tokenizer, pipe.text_encoder, pipe.unet, ids
+    generator.encode_all_prompts()
+    return generator
+
+# %% ../nbs/05_generators.ipynb #359131f7
+def _digits_generator(cfg, class_names, prompts, device):
+    gen = load_digits_generator(device=device, path=digits_weights(cfg.digits_generator))
+    return load_adapters(gen, cfg.lora, cfg.lora_scale, cfg.textual_inversion)   # none: the generator; any: an error (SD only)
+
+# %% ../nbs/05_generators.ipynb #d935025b
+def _sd_generator(cfg, class_names, prompts, device):
+    gen = StableDiffusionGenerator.from_pretrained(cfg.sd_path, class_names, prompts=prompts, classifier_size=cfg.image_size, device=device,
+                                                   gradient_checkpointing=cfg.gradient_checkpointing, guidance_decoder=cfg.guidance_decoder)
+    return load_adapters(gen, cfg.lora, cfg.lora_scale, cfg.textual_inversion)
+
+# %% ../nbs/05_generators.ipynb #1303ba2b
+GENERATOR_LOADERS = {'digits': _digits_generator, 'stable-diffusion': _sd_generator}   # a `DatasetEntry.generator` family -> its loader
+
+# %% ../nbs/05_generators.ipynb #f46bbe47
+def build_parts(cfg:DPConfig,      # the run
+                device=None,       # where the generator runs (None: `cfg.device`)
+                generator=None,    # keep this generator (None: load the dataset's)
+                data:dict=None,    # keep these real splits (None: load the dataset's)
+               )->tuple:           # (generator, dict(val=..., test=...)); `test` is missing for a folder without test/
+    "The generator and real splits of `cfg.dataset`, from its registry entry; its checks run before any weight is loaded."
+    entry = dataset_entry(cfg.dataset)
+    if generator is None:
+        _, problems = entry.check(cfg)
+        if problems: raise ValueError(problems[0] + (f" (and {len(problems) - 1} more problem(s): `dp-train --dry-run` lists them all)" if len(problems) > 1 else ''))
+        generator = GENERATOR_LOADERS[entry.generator](cfg, *entry.classes(cfg), device or cfg.device)
+    if data is None: data = entry.splits(cfg, generator.image_shape[-1])
+    if 'val' not in data: raise ValueError(f"data must hold a real 'val' split (it drives patience), got the splits {sorted(data)}")
+    return generator, data
