@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['DEVICE_TYPES', 'SELECTIONS', 'LEGACY_SELECTIONS', 'SCORE_METRICS', 'SCHEDULERS', 'GUIDANCE_FORMS', 'POOL_AUGMENTS',
            'PRECISIONS', 'DATASETS', 'TYPE_NAMES', 'MAXIMA', 'MAXIMA_WHY', 'PRESETS', 'device_type', 'legacy_selection',
-           'DPConfig', 'check_value', 'preset', 'steps_per_epoch', 'in_decay_phase', 'process_batches',
-           'pool_size_problem', 'Sampling', 'initial_sampling', 'refresh_sampling', 'config_from_file']
+           'DPConfig', 'check_value', 'extra_tests', 'extra_test_problem', 'preset', 'steps_per_epoch',
+           'in_decay_phase', 'process_batches', 'pool_size_problem', 'Sampling', 'initial_sampling', 'refresh_sampling',
+           'config_from_file']
 
 # %% ../nbs/00_config.ipynb #94d2603c
 import dataclasses, json, math, numbers, re
@@ -83,7 +84,14 @@ class DPConfig:
     data_root:str|None = None     # real images: the ImageNet root (train/, val/), or a folder dataset's root (val/<class>/, test/<class>/)
     sd_path:str|None = None       # Stable Diffusion weights folder in the diffusers layout: SD-1.x or SD-2.x (needed for the ImageNet and folder datasets)
     prompts:str|None = None       # Stable Diffusion: a JSON file {class folder name: prompt, or a list of prompts used in turn}; it wins over the rest
+    lora:str|None = None          # Stable Diffusion: LoRA weights (a diffusers/PEFT .safetensors file or folder) loaded into the UNet and text encoder
+    lora_scale:float = 1.0        # the LoRA's weight (0: the unadapted model, exactly)
+    textual_inversion:str|None = None  # Stable Diffusion: a textual-inversion embedding file; its token must appear in the prompts (`prompts`, `prompt_template`)
     prompt_template:str = 'a photo of a {name}'  # Stable Diffusion: the prompt of a class ({name}: its name); classes.json and `prompts` override it per class
+    real_train:str|None = None    # real training images mixed into every epoch: an ImageFolder with the run's class folders (digits: 'gen', the generator's split); never scored or pruned
+    real_per_class:int|None = None  # real training images used per class (None: all)
+    real_weight:float = 1.0       # how many times each real training image is drawn per epoch, on average (1: once; the pool: once)
+    extra_test:str|None = None    # more test sets, 'NAME=DIR[,NAME=DIR]': ImageFolders whose classes may be a subset of the run's (logits restricted to them)
     device:str = 'cpu'            # torch device of classifier and generator
     seed:int = 0                  # seeds everything random in the run
     initial_pool:str|None = None  # a pool folder to start from instead of generating the initial pool (`dp-generate`, `dp-pool import`); checked against the run
@@ -98,12 +106,12 @@ TYPE_NAMES = {int: 'an integer', float: 'a finite number', bool: 'True or False'
 # upper bounds: what each field's use can take (a finite float can still overflow a sampler or an allocation)
 MAXIMA = dict(omega=100., cfg_scale=100., cfg_scale_init=100., lr=10., weight_decay=10., mixup=100., cutmix=100., pool_size=10**8,
               batch_size=10**6, device_batch_size=10**6, gen_batch_size=10**6, guidance_batch_size=10**6, epochs=10**6, patience=10**6, patience_growth=10**6,
-              image_size=8192, num_workers=1024, seed=2**32 - 1, guide_every=1000, test_every=10**6)
+              image_size=8192, num_workers=1024, lora_scale=10., real_per_class=10**7, real_weight=1000., seed=2**32 - 1, guide_every=1000, test_every=10**6)
 MAXIMA_WHY = dict(omega="a guidance weight: far beyond it only noise is left, in either form's units", cfg_scale='a guidance scale',
                   cfg_scale_init='a guidance scale', lr='a learning rate', weight_decay='AdamW decoupled decay', mixup='a Beta alpha',
                   cutmix='a Beta alpha', pool_size='100M images', batch_size='a batch', device_batch_size='a batch', gen_batch_size='a batch', guidance_batch_size='a batch',
                   epochs='a run', patience='epochs', patience_growth='epochs', image_size='pixels', num_workers='processes',
-                  seed='numpy seeds are 32-bit', guide_every='DDIM steps', test_every='epochs')
+                  seed='numpy seeds are 32-bit', lora_scale='a LoRA weight', real_per_class='images', real_weight='draws per epoch', guide_every='DDIM steps', test_every='epochs')
 
 # %% ../nbs/00_config.ipynb #ec3144ea
 def check_value(name:str,          # what the value is, for the message: a field, a flag, an argument
@@ -130,6 +138,19 @@ def check_value(name:str,          # what the value is, for the message: a field
         raise ValueError(f"{name} must be {TYPE_NAMES[tp]}{where}, got {given!r}")
     return tp(v)
 
+# %% ../nbs/00_config.ipynb #b06ddc05
+def extra_tests(spec:str|None)->dict:
+    "`'r=/data/in-r,a=/data/in-a'` -> `{'r': '/data/in-r', 'a': '/data/in-a'}` (the `extra_test` field; None: {})."
+    return dict(item.split('=', 1) for item in spec.split(',')) if spec else {}
+
+def extra_test_problem(spec:str)->str:
+    "What is wrong with an `extra_test` value (None if nothing): each item NAME=DIR, NAME of letters, digits, '_' or '-', names distinct."
+    items = spec.split(',')
+    if bad := next((it for it in items if not re.fullmatch(r'[A-Za-z0-9_-]+=.+', it)), None): return f"{bad!r} is not NAME=DIR"
+    if len(names := [it.split('=', 1)[0] for it in items]) != len(set(names)): return f"names repeat: {names}"
+    if clash := {'val', 'test'} & set(names): return f"{sorted(clash)} name the run's own splits"
+
+
 # %% ../nbs/00_config.ipynb #e1af34f9
 def _validate(c:DPConfig):
     for f in dataclasses.fields(c): setattr(c, f.name, check_value(f.name, getattr(c, f.name), f.type))
@@ -137,7 +158,7 @@ def _validate(c:DPConfig):
     def need(ok, field, rule):
         if not ok: raise ValueError(f"{field} must be {rule}, got {getattr(c, field)!r}")
     for f in ('pool_size', 'patience', 'epochs', 'batch_size', 'guide_every'): need(getattr(c, f) >= 1, f, '>= 1')
-    for f in ('patience_growth', 'seed', 'omega', 'cfg_scale', 'cfg_scale_init', 'weight_decay', 'mixup', 'cutmix', 'num_workers', 'test_every'):
+    for f in ('lora_scale', 'real_weight', 'patience_growth', 'seed', 'omega', 'cfg_scale', 'cfg_scale_init', 'weight_decay', 'mixup', 'cutmix', 'num_workers', 'test_every'):
         need(getattr(c, f) >= 0, f, '>= 0')
     for f, hi in MAXIMA.items(): need(getattr(c, f) is None or getattr(c, f) <= hi, f, f'<= {hi:g} ({MAXIMA_WHY[f]})')
     need(0 <= c.prune_frac <= 1, 'prune_frac', 'in [0, 1]'); need(c.lr > 0, 'lr', '> 0')
@@ -145,6 +166,8 @@ def _validate(c:DPConfig):
     need(c.image_size is None or c.image_size >= 1, 'image_size', '>= 1 or None')
     need(c.dataset != 'digits' or c.image_size in (None, 8), 'image_size', "None or 8 for dataset 'digits'")
     need(1 <= c.n_steps <= 1000, 'n_steps', 'in [1, 1000]')
+    need(c.real_per_class is None or c.real_per_class >= 1, 'real_per_class', '>= 1 or None (all)')
+    need(c.extra_test is None or extra_test_problem(c.extra_test) is None, 'extra_test', f"'NAME=DIR[,NAME=DIR]' ({extra_test_problem(c.extra_test or '')})")
     for f in ('warmup_frac', 'label_smoothing', 'ema_decay'): need(0 <= getattr(c, f) < 1, f, 'in [0, 1)')
     need(0 <= c.decay_frac <= 1 - c.warmup_frac, 'decay_frac', f'in [0, 1 - warmup_frac = {1 - c.warmup_frac:g}]')
     for f, allowed in (('selection', SELECTIONS), ('score_metric', SCORE_METRICS), ('scheduler', SCHEDULERS), ('dataset', tuple(DATASETS)),
@@ -187,9 +210,11 @@ def preset(name:str, # one of `PRESETS`
     return DPConfig(**{**PRESETS[name], **kw})
 
 # %% ../nbs/00_config.ipynb #13297ece
-def steps_per_epoch(cfg:DPConfig)->int:
-    "Optimizer steps in one epoch of `cfg`: every image once, in whole batches only under Mixup/CutMix (timm's Mixup needs even batches)."
-    return cfg.pool_size // cfg.batch_size if (cfg.mixup or cfg.cutmix) else math.ceil(cfg.pool_size / cfg.batch_size)
+def steps_per_epoch(cfg:DPConfig, n_real:int=0)->int:
+    "Optimizer steps in one epoch of `cfg`: every pool image once and `n_real` real training draws, in whole batches only under Mixup/CutMix (timm's Mixup needs even batches)."
+    n = cfg.pool_size + n_real
+    return n // cfg.batch_size if (cfg.mixup or cfg.cutmix) else math.ceil(n / cfg.batch_size)
+
 
 # %% ../nbs/00_config.ipynb #f224d8a6
 def in_decay_phase(epoch:int,         # 0-based epoch

@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['DIGITS_CLASSES', 'IMAGENET100_WNIDS', 'IMAGENET1K_WNIDS', 'PROMPT_NAMES', 'IMAGENET_SUBSETS', 'CLASSES_JSON',
-           'DATASETS', 'check_labels', 'balanced_labels', 'as_dataset', 'digits_splits', 'digits_per_class',
-           'imagenet_class_names', 'imagenet_prompt_names', 'WnidImageFolder', 'imagenet_folder', 'imagenet_splits',
-           'check_imagenet', 'class_prompts', 'folder_classes', 'check_folder', 'folder_splits', 'read_prompts',
-           'DatasetEntry', 'register_dataset', 'dataset_entry']
+           'DATASETS', 'IMAGENET_R_WNIDS', 'IMAGENET_A_WNIDS', 'check_labels', 'balanced_labels', 'as_dataset',
+           'digits_splits', 'digits_per_class', 'imagenet_class_names', 'imagenet_prompt_names', 'WnidImageFolder',
+           'imagenet_folder', 'imagenet_splits', 'check_imagenet', 'class_prompts', 'folder_classes', 'check_folder',
+           'folder_splits', 'read_prompts', 'DatasetEntry', 'register_dataset', 'dataset_entry', 'run_folders',
+           'real_train_split', 'extra_test_split', 'shared_files', 'real_train_overlap', 'ood_classes']
 
 # %% ../nbs/03_data.ipynb #3e9cb684
 import dataclasses, json, os, warnings
@@ -441,3 +442,130 @@ for _name, _wnids in IMAGENET_SUBSETS.items():
                                   check=lambda cfg, w=_wnids: check_imagenet(cfg.data_root, w), folders=lambda cfg, w=_wnids: w))
 register_dataset(DatasetEntry('folder', classes=lambda cfg: folder_classes(cfg.data_root, cfg.prompt_template),
                               splits=lambda cfg, image_size: folder_splits(cfg.data_root, image_size), check=lambda cfg: check_folder(cfg.data_root)))
+
+# %% ../nbs/03_data.ipynb #dd6872ff
+def _loader(channels:int):
+    "The image reader of a dataset of `channels` channels: RGB, or 8-bit greyscale."
+    return _read_image if channels == 3 else (lambda p: _read_image(p).convert('L'))
+
+def run_folders(cfg)->list:
+    "The class folder names of `cfg`'s run, in label order."
+    entry = dataset_entry(cfg.dataset)
+    return entry.class_folders(cfg, entry.classes(cfg)[0])
+
+
+# %% ../nbs/03_data.ipynb #e0311091
+def real_train_split(cfg, image_size:int):
+    "The real training images of `cfg.real_train` (None without): `real_per_class` of each class (a folder: the first in file order; digits: `digits_per_class`), or all."
+    if cfg.real_train is None: return None
+    entry, k = dataset_entry(cfg.dataset), cfg.real_per_class
+    if entry.in_memory:
+        if cfg.real_train != 'gen': raise ValueError(f"real_train must be 'gen' (the digits the generator was trained on) for dataset {cfg.dataset!r}, got {cfg.real_train!r}")
+        gen = digits_splits()['gen']
+        return digits_per_class(gen, k, seed=cfg.seed) if k else gen
+    root, folders = Path(cfg.real_train).expanduser(), run_folders(cfg)
+    if not root.is_dir(): raise ValueError(f"real_train {root} is not a folder: pass an ImageFolder with one folder per class of the run")
+    if missing := [f for f in folders if not (root / f).is_dir() or not _has_images(root / f)]:
+        raise ValueError(f"real_train {root} holds no images of {len(missing)} of the run's {len(folders)} classes, e.g. {missing[:3]}: add them, or leave the classes out of the run")
+    if extra := sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in set(folders)):
+        raise ValueError(f"real_train {root} holds class folders the run does not have: {extra[:3]}: rename or remove them")
+    ds = WnidImageFolder(root, folders, transform=_transform(image_size, False), loader=_loader(entry.channels))
+    if k is None: return ds
+    seen = [0] * len(folders); keep = [i for i, t in enumerate(ds.targets) if (seen.__setitem__(t, seen[t] + 1) or seen[t] <= k)]
+    return torch.utils.data.Subset(ds, keep)
+
+
+# %% ../nbs/03_data.ipynb #ac63a0d0
+def extra_test_split(cfg, name:str, root, image_size:int)->tuple:
+    "(ImageFolder of the run's classes found under `root`, labels in their order; the run's index of each): test set `name` of `extra_test`."
+    root, folders = Path(root).expanduser(), run_folders(cfg)
+    if not root.is_dir(): raise ValueError(f"extra_test {name}: {root} is not a folder: pass an ImageFolder whose class folders are some of the run's")
+    present = [f for f in folders if (root / f).is_dir() and _has_images(root / f)]
+    if not present: raise ValueError(f"extra_test {name}: {root} holds none of the run's {len(folders)} class folders (e.g. {folders[:3]})")
+    ds = WnidImageFolder(root, present, transform=_transform(image_size, False), loader=_loader(dataset_entry(cfg.dataset).channels))
+    return ds, [folders.index(f) for f in present]
+
+
+# %% ../nbs/03_data.ipynb #3688f2f9
+def shared_files(a:list, b:list)->list:
+    "Pairs (file of `a`, file of `b`) with the same content: sizes compared first, SHA-1 only for files whose size is in both lists."
+    import hashlib
+    size = lambda f: Path(f).stat().st_size
+    sa, sb = {}, {}
+    for f in a: sa.setdefault(size(f), []).append(f)
+    for f in b: sb.setdefault(size(f), []).append(f)
+    digest = lambda f: hashlib.sha1(Path(f).read_bytes()).hexdigest()
+    out = []
+    for s in sa.keys() & sb.keys():
+        hb = {}
+        for f in sb[s]: hb.setdefault(digest(f), []).append(f)
+        out += [(f, g) for f in sa[s] for g in hb.get(digest(f), [])]
+    return sorted(out)
+
+
+# %% ../nbs/03_data.ipynb #a7c89ba0
+def _files(ds)->list:
+    "The image files of an ImageFolder (or a Subset of one); [] for tensors."
+    if isinstance(ds, torch.utils.data.Subset): return [ds.dataset.samples[j][0] for j in ds.indices]
+    return [p for p, _ in getattr(ds, 'samples', [])]
+
+def real_train_overlap(cfg)->list:
+    "Problem lines of the dry run: real training files whose content is also in the val, test or an extra test split (none at digits scale, where the splits are disjoint by construction)."
+    if cfg.real_train is None or dataset_entry(cfg.dataset).in_memory: return []
+    real = _files(real_train_split(cfg, 8))
+    splits = {**dataset_entry(cfg.dataset).splits(cfg, 8), **{f'extra_test {n}': extra_test_split(cfg, n, d, 8)[0] for n, d in config.extra_tests(cfg.extra_test).items()}}
+    out = []
+    for name, ds in splits.items():
+        if (both := shared_files(real, _files(ds))):
+            out.append(f"real_train shares {len(both)} images with the {name} split, e.g. {both[0][0]} = {both[0][1]}: remove them from one of the two, so that the test stays unseen")
+    return out
+
+
+# %% ../nbs/03_data.ipynb #a340a0c9
+# ImageNet-R: `imagenet_r_wnids` of eval.py, github.com/hendrycks/imagenet-r
+IMAGENET_R_WNIDS = """n01443537 n01484850 n01494475 n01498041 n01514859 n01518878 n01531178 n01534433 n01614925 n01616318 n01630670 n01632777 n01644373
+n01677366 n01694178 n01748264 n01770393 n01774750 n01784675 n01806143 n01820546 n01833805 n01843383 n01847000 n01855672 n01860187
+n01882714 n01910747 n01944390 n01983481 n01986214 n02007558 n02009912 n02051845 n02056570 n02066245 n02071294 n02077923 n02085620
+n02086240 n02088094 n02088238 n02088364 n02088466 n02091032 n02091134 n02092339 n02094433 n02096585 n02097298 n02098286 n02099601
+n02099712 n02102318 n02106030 n02106166 n02106550 n02106662 n02108089 n02108915 n02109525 n02110185 n02110341 n02110958 n02112018
+n02112137 n02113023 n02113624 n02113799 n02114367 n02117135 n02119022 n02123045 n02128385 n02128757 n02129165 n02129604 n02130308
+n02134084 n02138441 n02165456 n02190166 n02206856 n02219486 n02226429 n02233338 n02236044 n02268443 n02279972 n02317335 n02325366
+n02346627 n02356798 n02363005 n02364673 n02391049 n02395406 n02398521 n02410509 n02423022 n02437616 n02445715 n02447366 n02480495
+n02480855 n02481823 n02483362 n02486410 n02510455 n02526121 n02607072 n02655020 n02672831 n02701002 n02749479 n02769748 n02793495
+n02797295 n02802426 n02808440 n02814860 n02823750 n02841315 n02843684 n02883205 n02906734 n02909870 n02939185 n02948072 n02950826
+n02951358 n02966193 n02980441 n02992529 n03124170 n03272010 n03345487 n03372029 n03424325 n03452741 n03467068 n03481172 n03494278
+n03495258 n03498962 n03594945 n03602883 n03630383 n03649909 n03676483 n03710193 n03773504 n03775071 n03888257 n03930630 n03947888
+n04086273 n04118538 n04133789 n04141076 n04146614 n04147183 n04192698 n04254680 n04266014 n04275548 n04310018 n04325704 n04347754
+n04389033 n04409515 n04465501 n04487394 n04522168 n04536866 n04552348 n04591713 n07614500 n07693725 n07695742 n07697313 n07697537
+n07714571 n07714990 n07718472 n07720875 n07734744 n07742313 n07745940 n07749582 n07753275 n07753592 n07768694 n07873807 n07880968
+n07920052 n09472597 n09835506 n10565667 n12267677""".split()
+
+
+# %% ../nbs/03_data.ipynb #d37fc041
+# ImageNet-A: `imagenet_a_wnids` of eval_many_models.py (= `thousand_k_to_200` of eval.py), github.com/hendrycks/natural-adv-examples
+IMAGENET_A_WNIDS = """n01498041 n01531178 n01534433 n01558993 n01580077 n01614925 n01616318 n01631663 n01641577 n01669191 n01677366 n01687978 n01694178
+n01698640 n01735189 n01770081 n01770393 n01774750 n01784675 n01819313 n01820546 n01833805 n01843383 n01847000 n01855672 n01882714
+n01910747 n01914609 n01924916 n01944390 n01985128 n01986214 n02007558 n02009912 n02037110 n02051845 n02077923 n02085620 n02099601
+n02106550 n02106662 n02110958 n02119022 n02123394 n02127052 n02129165 n02133161 n02137549 n02165456 n02174001 n02177972 n02190166
+n02206856 n02219486 n02226429 n02231487 n02233338 n02236044 n02259212 n02268443 n02279972 n02280649 n02281787 n02317335 n02325366
+n02346627 n02356798 n02361337 n02410509 n02445715 n02454379 n02486410 n02492035 n02504458 n02655020 n02669723 n02672831 n02676566
+n02690373 n02701002 n02730930 n02777292 n02782093 n02787622 n02793495 n02797295 n02802426 n02814860 n02815834 n02837789 n02879718
+n02883205 n02895154 n02906734 n02948072 n02951358 n02980441 n02992211 n02999410 n03014705 n03026506 n03124043 n03125729 n03187595
+n03196217 n03223299 n03250847 n03255030 n03291819 n03325584 n03355925 n03384352 n03388043 n03417042 n03443371 n03444034 n03445924
+n03452741 n03483316 n03584829 n03590841 n03594945 n03617480 n03666591 n03670208 n03717622 n03720891 n03721384 n03724870 n03775071
+n03788195 n03804744 n03837869 n03840681 n03854065 n03888257 n03891332 n03935335 n03982430 n04019541 n04033901 n04039381 n04067472
+n04086273 n04099969 n04118538 n04131690 n04133789 n04141076 n04146614 n04147183 n04179913 n04208210 n04235860 n04252077 n04252225
+n04254120 n04270147 n04275548 n04310018 n04317175 n04344873 n04347754 n04355338 n04366367 n04376876 n04389033 n04399382 n04442312
+n04456115 n04482393 n04507155 n04509417 n04532670 n04540053 n04554684 n04562935 n04591713 n04606251 n07583066 n07695742 n07697313
+n07697537 n07714990 n07718472 n07720875 n07734744 n07749582 n07753592 n07760859 n07768694 n07831146 n09229709 n09246464 n09472597
+n09835506 n11879895 n12057211 n12144580 n12267677""".split()
+
+
+# %% ../nbs/03_data.ipynb #e6c7e14e
+def ood_classes(wnids:list,                      # the classes of a test set, e.g. `IMAGENET_R_WNIDS`
+                run_wnids:list=IMAGENET100_WNIDS,  # the run's classes, in label order
+               )->list:                          # the classes in both, in the run's order
+    "The classes of test set `wnids` a run over `run_wnids` is scored on (`extra_test` restricts its logits to them)."
+    shared = set(wnids)
+    return [w for w in run_wnids if w in shared]
+

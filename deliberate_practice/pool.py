@@ -186,11 +186,12 @@ def _commit_all(self:Pool):
 
 # %% ../nbs/07_pool.ipynb #bee0b4e5
 def generator_id(generator)->dict:
-    "The generator's family, its size, and its first 8 weights: the same model gives the same id wherever its weights lie, in fp32 or fp16."
-    net = getattr(generator, 'unet', None)
-    if not isinstance(net, torch.nn.Module): return dict(family=type(generator).__name__)
-    w = next(p for p in net.parameters() if p.is_floating_point()).detach().flatten()[:8].float().cpu()
-    return dict(family=type(generator).__name__, params=sum(p.numel() for p in net.parameters()), weights=[round(v, 6) for v in w.tolist()])
+    "The generator's family, its size, its first 8 weights, and its `adapters` (LoRA, textual inversion) if it has some: the same model gives the same id wherever its weights lie, in fp32 or fp16."
+    net, adapters, gid = getattr(generator, 'unet', None), getattr(generator, 'adapters', None), dict(family=type(generator).__name__)
+    if isinstance(net, torch.nn.Module):
+        w = next(p for p in net.parameters() if p.is_floating_point()).detach().flatten()[:8].float().cpu()
+        gid.update(params=sum(p.numel() for p in net.parameters()), weights=[round(v, 6) for v in w.tolist()])
+    return gid if adapters is None else dict(gid, adapters=adapters)
 
 
 # %% ../nbs/07_pool.ipynb #8e0043ed
@@ -217,7 +218,8 @@ def spec_problem(found:dict,   # the spec a pool records (None or missing keys: 
     for k in ('generator', 'classes', 'prompts', 'image_shape', 'pool_size'):
         if k not in found or found[k] == wanted[k] or (k == 'generator' and _same_generator(found[k], wanted[k])): continue
         if k == 'generator':
-            name = lambda g: f"{g.get('family')} of {g.get('params', 0):,} parameters, first weights {g.get('weights', [])[:2]}" if isinstance(g, dict) else str(g)
+            name = lambda g: (f"{g.get('family')} of {g.get('params', 0):,} parameters, first weights {g.get('weights', [])[:2]}"
+                              + (f", adapters {g['adapters']}" if g.get('adapters') else ', no adapters') if isinstance(g, dict) else str(g))
             return f"it was made by another generator: {name(found[k])} there, {name(wanted[k])} here"
         if k in ('classes', 'prompts') and isinstance(found[k], list) and isinstance(wanted[k], list):
             j = next((j for j, (a, b) in enumerate(zip(found[k], wanted[k])) if a != b), min(len(found[k]), len(wanted[k])))

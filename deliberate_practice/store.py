@@ -736,6 +736,9 @@ def plot_curves(history:list,   # rows of `history.jsonl`
         tested = [(a, t) for a, t in zip(h[x], h['test_acc']) if t is not None]
         axs[0, col].plot(h[x], h['val_acc'], '-', label='real val')
         axs[0, col].plot(*zip(*tested), 'o-' if len(tested) < len(h[x]) else '-', label='real test') if tested else None
+        for k in [k for k in (history[0] if history else {}) if k.startswith('extra_')]:      # extra test sets, scored with the test split
+            pts = [(a, r[k]) for a, r in zip(h[x], history) if r.get(k) is not None]
+            if pts: axs[0, col].plot(*zip(*pts), 'o--' if len(pts) < len(h[x]) else '--', label=k[6:-4])
         axs[1, col].plot(h[x], h['pool_entropy'], '-', color='C2')
         for e, a, b in zip(h[x][1:], h['refreshes'], h['refreshes'][1:]):
             if b > a:

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['POOL', 'INIT', 'EPOCH', 'REFRESH', 'EVAL_BATCH_SIZE', 'LARGE_SPLIT', 'NONFINITE_KEYS', 'wsd_lr', 'cosine_lr',
-           'augment_batch', 'record_run', 'DPTrainer', 'rng_states', 'set_rng_states', 'checkpoint_field',
-           'require_fields', 'checkpoint_config']
+           'augment_batch', 'record_run', 'DPTrainer', 'rng_states', 'set_rng_states', 'PoolAndReal',
+           'checkpoint_field', 'require_fields', 'checkpoint_config']
 
 # %% ../nbs/08_trainer.ipynb #3aa7e536
 import dataclasses, json, math, random, sys, time, numbers
@@ -23,10 +23,10 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from .guidance import entropy, eval_mode
 from .config import (DPConfig, PRESETS, preset, TYPE_NAMES, in_decay_phase, steps_per_epoch, process_batches, pool_size_problem,
-                                        initial_sampling, refresh_sampling)
+                                        initial_sampling, refresh_sampling, extra_tests)
 from .pool import Pool, pool_spec, open_checked, start_from
 from .models import accuracy
-from .data import dataset_entry, balanced_labels, as_dataset
+from .data import dataset_entry, balanced_labels, as_dataset, real_train_split, extra_test_split
 from .generators import build_parts
 from .store import (derive_seed, seeded, atomic_write, write_text, distributed_state, run_device, make_accelerator, numpy_rng_state, set_numpy_rng_state,
                                        read_checkpoint, history_csv, tensorboard_callback, open_run_folder, release_run_folder, plot_curves,
@@ -100,6 +100,14 @@ def _default_parts(cfg, generator, data, classifier, device=None):
                                            img_size=generator.image_shape[-1])
     return generator, data, classifier
 
+# %% ../nbs/08_trainer.ipynb #e55c5fc4
+def _real_and_extra(cfg:DPConfig, side:int, data:dict)->tuple:
+    "(the real training images as a Dataset or None, {name: (Dataset, run class indices)} of the extra test sets): `data` may hold them (`real_train`, `extra`), else `cfg` names them."
+    real = data.get('real_train') if 'real_train' in data else real_train_split(cfg, side)
+    extra = data.get('extra') or {n: extra_test_split(cfg, n, d, side) for n, d in extra_tests(cfg.extra_test).items()}
+    return (as_dataset(real) if real is not None else None), extra
+
+
 # %% ../nbs/08_trainer.ipynb #a2d3a25d
 def record_run(out, cfg:DPConfig, command:list=None)->bool:
     "Write `out/run.json` (configuration, command line, start time) unless the folder already records a run; whether it wrote it."
@@ -114,6 +122,7 @@ def record_run(out, cfg:DPConfig, command:list=None)->bool:
 # %% ../nbs/08_trainer.ipynb #77c45e10
 class DPTrainer:
     "Deliberate Practice: train on a synthetic pool that is refreshed with entropy-guided images whenever real-val accuracy plateaus."
+    real, extra, n_real_draws = None, {}, 0      # real training images, extra test sets (set in __init__ from the config)
     def __init__(self, cfg:DPConfig,            # the run's configuration
                  generator=None,                # a `generators` sampler on `cfg.device` (default: the digits generator)
                  data:dict=None,                # dict(val=..., test=...) real splits, tensors or Datasets
@@ -136,6 +145,7 @@ class DPTrainer:
         try:
             self.device = run_device(cfg)
             self.generator, self.data, model = _default_parts(cfg, generator, data, classifier, self.device)
+            self.real, self.extra = _real_and_extra(cfg, self.generator.image_shape[-1], self.data)
             self.model = model.to(self.device)
             self._build_optim()
             self.train_model, self.opt = self.acc.prepare(self.model, self.opt)   # one process: the model itself (autocast under mixed precision); several: DDP
@@ -155,7 +165,8 @@ def _build_optim(self:DPTrainer):
     self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     self.mixup = Mixup(mixup_alpha=c.mixup, cutmix_alpha=c.cutmix, label_smoothing=c.label_smoothing,
                        num_classes=self.generator.n_classes) if (c.mixup or c.cutmix) else None
-    self.steps_per_epoch = steps_per_epoch(c)
+    self.n_real_draws = round(c.real_weight * len(self.real)) if self.real is not None else 0   # real training images drawn per epoch
+    self.steps_per_epoch = steps_per_epoch(c, self.n_real_draws)
     lam = partial(wsd_lr if c.scheduler == 'wsd' else cosine_lr, total=c.epochs * self.steps_per_epoch,
                   warmup_frac=c.warmup_frac, decay_frac=c.decay_frac)
     self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lam)
@@ -265,13 +276,38 @@ def _own_sums(at:dict, rank:int, world:int)->tuple:
     return (total[0].reshape(()).clone(), total[1]) if rank == 0 else (torch.zeros(()), 0)
 
 
+# %% ../nbs/08_trainer.ipynb #2c15f01e
+class PoolAndReal(torch.utils.data.Dataset):
+    "The pool, then the real training images: index `i < len(pool)` is pool image `i`, the others real image `i - len(pool)`; minibatches read in one go from the pool."
+    def __init__(self, pool, real): self.pool, self.real, self.n = pool, real, len(pool)
+    def __len__(self): return self.n + len(self.real)
+    def __getitems__(self, idx:list)->list:
+        idx, out = list(idx), [None] * len(idx)
+        mine = [j for j, i in enumerate(idx) if i < self.n]
+        for j, item in zip(mine, self.pool.__getitems__([idx[j] for j in mine]) if mine else []): out[j] = item
+        for j, i in enumerate(idx):
+            if i >= self.n: x, y = self.real[i - self.n]; out[j] = (x, int(y))
+        return out
+
+@patch
+def _epoch_order(self:DPTrainer)->list:
+    "The indices of this epoch's training images, seeded by (seed, epoch): the pool once; with real images, `n_real_draws` of them (each once before any twice) shuffled in."
+    c, g = self.cfg, torch.Generator().manual_seed(derive_seed(self.cfg.seed, EPOCH, self.epoch))
+    order = list(RandomSampler(self.pool, num_samples=c.pool_size, generator=g))
+    if self.real is None or self.n_real_draws == 0: return order
+    n, k = len(self.real), self.n_real_draws
+    draws = torch.cat([torch.randperm(n, generator=g) for _ in range(-(-k // n))])[:k] + len(self.pool)
+    mixed = torch.tensor(order + draws.tolist(), dtype=torch.long)
+    return mixed[torch.randperm(len(mixed), generator=g)].tolist()
+
+
 # %% ../nbs/08_trainer.ipynb #4bf79107
 @patch
 def train_epoch(self:DPTrainer)->tuple:
     "One epoch on the pool (the rest of it, resuming a checkpoint written inside it); returns (mean training entropy, last lr)."
     c, m, dev, at = self.cfg, self.train_model, self.device, self._at or dict(batch=0, ent=torch.zeros(()), n=0, lr=None)
-    order = list(RandomSampler(self.pool, num_samples=c.pool_size, generator=torch.Generator().manual_seed(derive_seed(c.seed, EPOCH, self.epoch))))
-    dl = DataLoader(self.pool, c.batch_size, sampler=order[at['batch'] * c.batch_size:], drop_last=self.mixup is not None)
+    order, ds = self._epoch_order(), self.pool if not self.n_real_draws else PoolAndReal(self.pool, self.real)
+    dl = DataLoader(ds, c.batch_size, sampler=order[at['batch'] * c.batch_size:], drop_last=self.mixup is not None)
     if self.world > 1: dl = self.acc.prepare_data_loader(dl)          # each process: its share of each global batch
     ent, n = _own_sums(at, self.dist.process_index, self.world)       # a resumed epoch's partial sums: each process its own
     ent, lr, k, left = ent.to(dev), at['lr'], at['batch'], len(dl)
@@ -332,16 +368,17 @@ LARGE_SPLIT = 10_000    # a split this large reports its progress (a reporter fa
 
 # %% ../nbs/08_trainer.ipynb #be98880c
 @patch
-def evaluate(self:DPTrainer, data)->float:
+def evaluate(self:DPTrainer, data, classes:list=None)->float:   # `classes`: restrict the logits to these (a test set of some of the run's classes)
     "Top-1 accuracy of `eval_model` on a real split: (x, y) tensors, or a Dataset read by `num_workers` workers and sharded over the processes."
-    if isinstance(data, (tuple, list)) and self.world == 1: return accuracy(self.eval_model, *data)
+    if isinstance(data, (tuple, list)) and self.world == 1 and classes is None: return accuracy(self.eval_model, *data)
     ds = as_dataset(data)
     dl = DataLoader(ds, EVAL_BATCH_SIZE, num_workers=self.cfg.num_workers, pin_memory=self.device.type == 'cuda')
     hits, m = [], self.eval_model
     report = self.progress(len(ds), f"epoch {self.epoch + 1}: evaluating {len(ds):,} real images") if callable(self.progress) and len(ds) >= LARGE_SPLIT else None
     with eval_mode(m), torch.no_grad(), self.acc.autocast():
         for x, y in self.acc.prepare_data_loader(dl):
-            hits.append(self.acc.gather_for_metrics(m(x.to(self.device, non_blocking=True)).argmax(1) == y.to(self.device)))
+            logits = m(x.to(self.device, non_blocking=True))
+            hits.append(self.acc.gather_for_metrics((logits if classes is None else logits[:, classes]).argmax(1) == y.to(self.device)))
             if report: report(min(EVAL_BATCH_SIZE, len(ds) - (len(hits) - 1) * EVAL_BATCH_SIZE))
     hits = torch.cat(hits)
     return int(hits.sum()) / len(hits)
@@ -376,8 +413,9 @@ def _train_and_score(self:DPTrainer)->dict:
     pool_entropy, lr = self.train_epoch()
     val_acc = self.evaluate(self.data['val'])
     test_acc = self.evaluate(self.data['test']) if self.test_due() else None
+    extra = {f'extra_{n}_acc': self.evaluate(ds, idx) if self.test_due() else None for n, (ds, idx) in self.extra.items()}   # the extra test sets, with the test split
     fault_point('evaluate')
-    return dict(pool_entropy=pool_entropy, lr=lr, val_acc=val_acc, test_acc=test_acc, refresh=self.patience_step(val_acc) and self.can_refresh())
+    return dict(pool_entropy=pool_entropy, lr=lr, val_acc=val_acc, test_acc=test_acc, **extra, refresh=self.patience_step(val_acc) and self.can_refresh())
 
 
 # %% ../nbs/08_trainer.ipynb #cfb62867
@@ -403,7 +441,7 @@ def _fit(self:DPTrainer, stop_after:int=None):
         self.wall_s += time.perf_counter() - t0
         row = dict(epoch=self.epoch, step=self.step, lr=part['lr'], n_generated=self.pool.n_generated, val_acc=part['val_acc'], test_acc=part['test_acc'],
                    pool_entropy=part['pool_entropy'], refreshes=self.n_refreshes, wall_s=round(self.wall_s, 3),
-                   **{k: info.get(k, 0) for k in NONFINITE_KEYS})
+                   **{k: info.get(k, 0) for k in NONFINITE_KEYS}, **{k: v for k, v in part.items() if k.startswith('extra_')})
         self.history.append(row)
         for cb in self.callbacks if self.is_main else (): cb(self, row)
         if self.mb is not None: self._plot()
@@ -422,6 +460,8 @@ def final(self:DPTrainer)->dict:
     return dict(val_acc=last.get('val_acc'), test_acc=last.get('test_acc'), best_val_acc=self.best_val, epochs=self.epoch,
                 n_generated=p.n_generated if p is not None else 0, refreshes=self.n_refreshes, world_size=self.world,
                 pool_size=len(p) if p is not None else 0, pool_class_counts=p.class_counts(g.n_classes) if p is not None else [],
+                real_train_images=len(self.real) if self.real is not None else 0, real_draws_per_epoch=self.n_real_draws,
+                extra_test={k[6:-4]: v for k, v in last.items() if k.startswith('extra_')},
                 classes=list(g.class_names), prompts=getattr(g, 'prompts', None), config=self.cfg.to_dict())
 
 # %% ../nbs/08_trainer.ipynb #79701389
