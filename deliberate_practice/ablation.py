@@ -7,12 +7,13 @@ __all__ = ['ROWS', 'REAL_ROW', 'PAPER_TABLE1', 'SEEDS', 'TUNING_SEEDS', 'SCALES'
            'PRESET_FIELDS', 'RESULT', 'HISTORY_KEYS', 'POOLS', 'CLAIMS', 'RESULTS', 'TABLE', 'FIGURE', 'WRITE_EVERY',
            'FULL_K', 'COVERAGE_KS', 'COVERAGE_ROWS', 'COVERAGE_RESULTS', 'COVERAGE_TABLE', 'COVERAGE_FIGURE',
            'row_kind', 'preset', 'presets_markdown', 'run_dir', 'scale_parts', 'pool_key', 'initial_pool', 'has_real',
-           'real_images', 'real_pool', 'shared_pool_dir', 'shared_initial_pool', 'run_row', 'Runs', 'summarize',
-           'images_seen', 'mean_curve', 'efficiency', 'paired_gap', 'verdict', 'paired_ci', 'seed_share', 'image_share',
-           'best_dp_row', 'holm', 'p_verdict', 'claims', 'claims_markdown', 'table1_markdown', 'budget_curve',
-           'budget_band', 'plot_scaling', 'write_outputs', 'load_results', 'redraw', 'usable_cores', 'reproduce',
-           'parse_overrides', 'scale_rows', 'reproduce_command', 'sweep', 'sweep_records', 'choose_setting',
-           'train_k_generator', 'coverage_generator', 'coverage_sweep', 'coverage_markdown', 'plot_coverage']
+           'real_images', 'real_pool', 'shared_pool_dir', 'shared_initial_pool', 'run_row', 'Runs', 'extra_names',
+           'result_acc', 'summarize', 'images_seen', 'mean_curve', 'efficiency', 'paired_gap', 'verdict', 'paired_ci',
+           'seed_share', 'image_share', 'best_dp_row', 'holm', 'p_verdict', 'claims', 'claims_markdown',
+           'table1_markdown', 'budget_curve', 'budget_band', 'plot_scaling', 'write_outputs', 'load_results', 'redraw',
+           'usable_cores', 'reproduce', 'parse_overrides', 'scale_rows', 'reproduce_command', 'rotated_digits',
+           'write_digits_folder', 'realmix_markdown', 'sweep', 'sweep_records', 'choose_setting', 'train_k_generator',
+           'coverage_generator', 'coverage_sweep', 'coverage_markdown', 'plot_coverage']
 
 # %% ../nbs/09_ablation.ipynb #8659f702
 import copy, hashlib, json, math, multiprocessing, os, shutil, sys, time
@@ -82,6 +83,7 @@ def preset(row:str,             # one of `ROWS`, or `REAL_ROW`
     q = dict(QUICK[scale]) if quick else {}
     patience = q.pop('patience', PATIENCE[scale])
     kw = {**SCALES[scale], **q, **_row_settings(row, patience), **overrides}
+    if row == REAL_ROW and kw.get('real_train'): kw['real_weight'] = 0.0   # its pool is the real images: not mixed in a second time
     if row_kind(row) == 'random': kw.update(omega=0.0, cfg_scale=kw.get('cfg_scale_init', DPConfig.cfg_scale_init))   # random regeneration has no feedback, whatever the overrides
     return DPConfig(**kw)
 
@@ -132,13 +134,16 @@ def _generator_meta(cfg:DPConfig)->dict:
 
 # %% ../nbs/09_ablation.ipynb #1bc74178
 def has_real(cfg:DPConfig)->bool:
-    "Whether `cfg`'s digits generator records the real images it was trained on (so `REAL_ROW` can run)."
-    return dataset_entry(cfg.dataset).generator == 'digits' and 'real_subset' in _generator_meta(cfg)
+    "Whether `REAL_ROW` can run: `cfg` names real training digits (`real_train='gen'`), or its digits generator records the real images it was trained on."
+    if not dataset_entry(cfg.dataset).in_memory: return False
+    return cfg.real_train is not None or (dataset_entry(cfg.dataset).generator == 'digits' and 'real_subset' in _generator_meta(cfg))
+
 
 # %% ../nbs/09_ablation.ipynb #79c11fbe
 def real_images(cfg:DPConfig)->tuple:
-    "(x, y): the real images `cfg`'s digits generator was trained on, as its weights' json records them (`real_subset`)."
-    from deliberate_practice.data import digits_splits, digits_per_class
+    "(x, y): `cfg`'s real training digits (`real_train`, `real_per_class`), else the real images its digits generator was trained on, as its weights' json records them (`real_subset`)."
+    from deliberate_practice.data import digits_splits, digits_per_class, real_train_split
+    if cfg.real_train is not None and dataset_entry(cfg.dataset).in_memory: return real_train_split(cfg, 8)
     if not has_real(cfg): raise ValueError(f"digits_generator {cfg.digits_generator!r} records no real_subset in its json, so the {REAL_ROW} row cannot run; "
                                            "make the generator with train_k_generator, or leave the row out")
     rs = _generator_meta(cfg)['real_subset']
@@ -154,8 +159,11 @@ def real_pool(cfg:DPConfig)->tuple:
 # %% ../nbs/09_ablation.ipynb #f37a8b5d
 def _result(row, seed, trainer)->dict:
     fin = trainer.final()
+    extra = dict(extra=fin['extra_test']) if fin.get('extra_test') else {}                 # extra test sets and real training images: only when the run had them
+    real = dict(real_train_images=fin['real_train_images']) if fin.get('real_train_images') else {}
     return dict(row=row, seed=seed, val_acc=fin['val_acc'], test_acc=fin['test_acc'], best_val_acc=fin['best_val_acc'], n_generated=fin['n_generated'],
-                refreshes=fin['refreshes'], wall_s=trainer.wall_s, config=fin['config'], history=[{k: h[k] for k in HISTORY_KEYS} for h in trainer.history])
+                refreshes=fin['refreshes'], wall_s=trainer.wall_s, **extra, **real, config=fin['config'], history=[{k: h[k] for k in HISTORY_KEYS} for h in trainer.history])
+
 
 # %% ../nbs/09_ablation.ipynb #754a8741
 POOLS = 'pools'   # a reproduction's shared initial pools: OUT/pools/sSEED-KEY
@@ -239,6 +247,17 @@ def _mean_std(v):
     v = np.asarray(v, dtype=float)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
+# %% ../nbs/09_ablation.ipynb #3fa6625c
+def extra_names(results:list)->list:
+    "The extra test sets (`extra_test`) every result of `results` was scored on, in the order of the first."
+    names = list(results[0].get('extra', {})) if results else []
+    return [n for n in names if all(n in r.get('extra', {}) for r in results)]
+
+def result_acc(r:dict, key:str='test_acc')->float:
+    "A result's accuracy `key`: 'test_acc', 'val_acc', or 'extra:NAME' for extra test set NAME."
+    return r['extra'][key[6:]] if key.startswith('extra:') else r[key]
+
+
 # %% ../nbs/09_ablation.ipynb #f7ebd383
 def summarize(results:list, # one dict per (row, seed), as in results.json
              )->dict:       # row -> dict(n_seeds, val=(mean, std), test=(mean, std), n_generated=(mean, std), wall_s=(mean, std))
@@ -248,6 +267,7 @@ def summarize(results:list, # one dict per (row, seed), as in results.json
         rs = [r for r in results if r['row'] == row]
         out[row] = dict(n_seeds=len(rs), seeds=[r['seed'] for r in rs], **{k: _mean_std([r[k + ('_acc' if k in ('val', 'test') else '')] for r in rs])
                                                                            for k in ('val', 'test', 'n_generated', 'wall_s')})
+        if names := extra_names(rs): out[row]['extra'] = {n: _mean_std([r['extra'][n] for r in rs]) for n in names}
     return out
 
 # %% ../nbs/09_ablation.ipynb #20310377
@@ -284,9 +304,10 @@ def efficiency(results:list,               # results.json contents
 def paired_gap(results:list, # result dicts (results.json contents), any rows and seeds
                row:str,      # e.g. 'dp-p8-100'
                ref:str,      # e.g. 'random-p8-100'
+               key:str='test_acc', # the accuracy compared (`result_acc`): 'test_acc', or 'extra:NAME'
               )->dict:       # seeds, gaps (test-accuracy points, per seed), mean, std, sem (standard error of the mean)
     "Test accuracy of `row` minus that of `ref`, in points, seed by seed over the seeds both ran."
-    a, b = ({r['seed']: r['test_acc'] for r in results if r['row'] == k} for k in (row, ref))
+    a, b = ({r['seed']: result_acc(r, key) for r in results if r['row'] == k} for k in (row, ref))
     seeds = sorted(a.keys() & b.keys())
     if not seeds: raise ValueError(f"no seed has results for both {row!r} and {ref!r}")
     g = [100 * (a[s] - b[s]) for s in seeds]
@@ -309,9 +330,10 @@ def paired_ci(results:list, # result dicts (results.json contents)
               row:str,      # the row claimed better, e.g. 'dp-p8-100'
               ref:str,      # e.g. 'random-p8-100'
               conf:float=0.95, # confidence level of the t-interval
+              key:str='test_acc', # the accuracy compared (`result_acc`)
              )->dict:       # `paired_gap`'s keys, plus lo, hi (the interval, points), conf, verdict and p (two-sided t-test)
     "`paired_gap` of `row` minus `ref` with the `conf` t-interval of its mean and the verdict of `row` > `ref`."
-    g = paired_gap(results, row, ref)
+    g = paired_gap(results, row, ref, key)
     if len(g['gaps']) < 2: lo = hi = p = math.nan
     elif g['std'] == 0: lo = hi = g['mean']; p = float(g['mean'] == 0)     # no spread: certain, unless no effect at all
     else:
@@ -398,6 +420,12 @@ def claims(results:list,         # results.json contents
     if dps and 'random-p8-100' in s:
         shares = {r: image_share(results, r, conf=conf) for r in dps}
         add('image share', dict(shares[best], per_row={r: e['median'] for r, e in shares.items()}), {r: e['p'] for r, e in shares.items()})
+    for n in extra_names(results):                                     # each extra test set: the two accuracy claims on it, paired by seed
+        if 'dp-p8-100' in s and 'random-p8-100' in s:
+            d = paired_ci(results, 'dp-p8-100', 'random-p8-100', conf, f'extra:{n}'); add(f'DP-100 - random ({n})', dict(d, row='dp-p8-100', ref='random-p8-100'), {'dp-p8-100': d['p']})
+        if dps and 'static-wsd' in s:
+            cis = {r: paired_ci(results, r, 'static-wsd', conf, f'extra:{n}') for r in dps}
+            add(f'best DP - static WSD ({n})', dict(cis[best], row=best, ref='static-wsd'), {r: d['p'] for r, d in cis.items()})
     adj = iter(holm([p for d in out for p in d['compared'].values()]))
     family = sum(len(d['compared']) for d in out)
     for d in out:
@@ -439,14 +467,14 @@ def table1_markdown(results:list,           # results.json contents
                     conf:float=0.95,        # confidence level of the claims' intervals
                    )->str:                  # markdown
     "Table 1 of the paper from `results`: mean ± std over seeds (percent), next to the paper's ImageNet-100 numbers; then the claims and their verdicts."
-    s = summarize(results)
+    s, names = summarize(results), extra_names(results)
     lines = ([f'### {title}', ''] if title else []) + [
-        '| Row | Scheduler | Patience | Pruning | Val. Acc. | Test Acc. | paper Val. | paper Test | images generated | s / run | seeds |',
-        '|---|---|---|---|---|---|---|---|---|---|---|']
+        '| Row | Scheduler | Patience | Pruning | Val. Acc. | Test Acc. | ' + ''.join(f'{n} Acc. | ' for n in names) + 'paper Val. | paper Test | images generated | s / run | seeds |',
+        '|---' * (11 + len(names)) + '|']
     for row, v in s.items():
         sched, pat, prune, pval, ptest = PAPER_TABLE1.get(row, ('wsd', None, 0, math.nan, math.nan))   # REAL_ROW: the static WSD row, not in the paper
         pat = '-' if row_kind(row) in ('static', 'real') else _patience_of(results, row, pat)
-        lines.append(f"| {row} | {'WSD' if sched == 'wsd' else 'Cosine'} | {pat} | {prune}% | {_pm(v['val'])} | {_pm(v['test'])} | {_num(pval, '.2f')} | {_num(ptest, '.2f')} "
+        lines.append(f"| {row} | {'WSD' if sched == 'wsd' else 'Cosine'} | {pat} | {prune}% | {_pm(v['val'])} | {_pm(v['test'])} | {''.join(_pm(v['extra'][n]) + ' | ' for n in names)}{_num(pval, '.2f')} | {_num(ptest, '.2f')} "
                      f"| {v['n_generated'][0]:,.0f} | {v['wall_s'][0]:.0f} | {len(v['seeds'])} |")
     if REAL_ROW in s: lines += ['', f"{REAL_ROW}: the static WSD row trained on the real images the generator was trained on (none generated): the reference for what the generator could have given."]
     cm = claims_markdown(results, conf)
@@ -708,6 +736,46 @@ def reproduce_command(scale:str='digits',  # digits (CPU), digits-k10, imagenet1
 # %% ../nbs/09_ablation.ipynb #72727406
 def _report(res, quiet):
     if not quiet and res: print(table1_markdown(res))
+
+# %% ../nbs/09_ablation.ipynb #8e30cc4c
+def rotated_digits(split:tuple,         # (x, y) digits, e.g. `digits_splits()['test']`
+                   degrees:float=15.0,  # each image turned by this much, clockwise or not (a seeded coin)
+                   seed:int=0,
+                  )->tuple:             # (x, y) of the same shape
+    "A shifted digits test split: every image rotated by `degrees` one way or the other (bilinear, black fill)."
+    from torchvision.transforms.v2 import functional as TF
+    x, y = split
+    sign = torch.randint(0, 2, (len(x),), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return torch.stack([TF.rotate(im, float(s) * degrees, interpolation=TF.InterpolationMode.BILINEAR) for im, s in zip(x, sign)]), y.clone()
+
+def write_digits_folder(split:tuple, root)->Path:
+    "Write digits (x, y) as an ImageFolder of 8-bit greyscale PNGs, `root/<class>/<i>.png` (whole or not at all); `root` if it exists already."
+    from PIL import Image
+    from deliberate_practice.data import DIGITS_CLASSES
+    root = Path(root)
+    if root.exists(): return root
+    tmp = root.with_name(f'.{root.name}.tmp{os.getpid()}'); shutil.rmtree(tmp, ignore_errors=True)
+    for i, (im, c) in enumerate(zip(*split)):
+        (tmp / DIGITS_CLASSES[int(c)]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((im[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy(), 'L').save(tmp / DIGITS_CLASSES[int(c)] / f'{i:04d}.png')
+    os.replace(tmp, root); return root
+
+
+# %% ../nbs/09_ablation.ipynb #0390edc6
+def realmix_markdown(results:dict,    # {k: results.json contents of the reproduction with k real digits per class}
+                     conf:float=0.95,
+                    )->str:           # markdown: one line per (k, comparison, test set)
+    "DP's lead with k real images mixed in: DP-100 - static WSD and DP-100 - real only, on the test split and each extra set, paired by seed."
+    lines = [f'| real per class | comparison | test set | seeds | mean difference (points) | {conf:.0%} CI | verdict | p |', '|---' * 8 + '|']
+    for k, res in sorted(results.items()):
+        for ref in ('static-wsd', REAL_ROW):
+            if not any(r['row'] == ref for r in res): continue
+            for key in ['test_acc'] + [f'extra:{n}' for n in extra_names(res)]:
+                d = paired_ci(res, 'dp-p8-100', ref, conf, key)
+                lines.append(f"| {k} | dp-p8-100 - {ref} | {'test' if key == 'test_acc' else key[6:]} | {len(d['seeds'])} | {d['mean']:+.2f} "
+                             f"| [{d['lo']:+.2f}, {d['hi']:+.2f}] | **{d['verdict']}** | {_pval(d['p'])} |")
+    return '\n'.join(lines)
+
 
 # %% ../nbs/09_ablation.ipynb #635fe121
 def sweep(grid:dict,                  # setting name -> DPConfig overrides, e.g. {'omega 0.2': dict(omega=0.2)}
