@@ -261,9 +261,14 @@ def generate(cls:Pool,
 SPEC = 'spec.json'   # an offline pool's spec, written by its first worker
 
 def _check_spec(root:Path, spec:dict):
-    "Write `root/spec.json`, or check that the one there is `spec` (every worker of one pool makes the same pool)."
+    "Write `root/spec.json` (whole, by a hard link that fails if another worker made it first), or check that the one there is `spec`."
     p = root/SPEC
-    if not p.exists(): return atomic_write(p, write_text(json.dumps(spec, indent=1)))
+    if not p.exists():                                           # several workers start at once: the first link wins, the others read it
+        tmp = root/f'.{SPEC}.{os.getpid()}.{uuid.uuid4().hex[:8]}'
+        tmp.write_text(json.dumps(spec, indent=1))
+        try: os.link(tmp, p)
+        except FileExistsError: pass
+        finally: tmp.unlink(missing_ok=True)
     found = json.loads(p.read_text())
     bad = spec_problem(found, spec) or (found.get('seed') != spec['seed'] and f"its seed is {found.get('seed')}, this one's is {spec['seed']}")
     if bad: raise ValueError(f"out {root} holds a pool of other settings ({bad}): choose another folder for these settings")

@@ -46,8 +46,10 @@ def test_reproduce_generates_each_seeds_pool_once_and_rows_equal_their_own_pool_
     assert Pool.load(d).round == 0 and len(Pool.load(d)) == 200
 
 
+N_CHUNKS = 7   # worker 0 owns 4 chunks, worker 1 three: the third worker takes chunk 3 over long before worker 0 could steal it
+
 def _worker(out, w, n, log, extra=()):
-    args = ['dp-generate', '--out', str(out), '--pool-size', str(5 * 2048), '--n-steps', '2', '--gen-batch-size', '256', '--seed', '3',
+    args = ['dp-generate', '--out', str(out), '--pool-size', str(N_CHUNKS * 2048), '--n-steps', '2', '--gen-batch-size', '256', '--seed', '3',
             '--worker-id', str(w), '--num-workers', str(n), *extra]
     return subprocess.Popen(args, env={**ENV, 'DP_SAMPLED_LOG': str(log)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -64,15 +66,15 @@ def test_dp_generate_workers_at_once_one_killed_a_third_finishes(tmp_path):
         if len(list((out / 'scratch').glob('r00000-c00003-*'))) >= 2: break
         time.sleep(0.05)
     b.kill(); b_out = b.communicate()[0]
-    assert b.returncode == -signal.SIGKILL
+    assert b.returncode == -signal.SIGKILL, b_out
     c = _worker(out, 1, 2, log)
     a_out, c_out = a.communicate(timeout=300)[0], c.communicate(timeout=300)[0]
     assert a.returncode == 0 and c.returncode == 0, a_out + c_out
     written = _written(a_out) + _written(b_out) + _written(c_out)
-    assert sorted(written) == [0, 1, 2, 3, 4], (a_out, b_out, c_out)           # every shard written once
+    assert sorted(written) == list(range(N_CHUNKS)), (a_out, b_out, c_out)           # every shard written once
     assert 3 in _written(c_out) and 3 not in _written(b_out)                   # the killed worker's chunk, finished by the third
     sampled = sum(int(x) for x in log.read_text().split())
-    assert sampled == 5 * 2048, sampled                                        # batches saved before the kill were loaded, not sampled again
+    assert sampled == N_CHUNKS * 2048, sampled                                        # batches saved before the kill were loaded, not sampled again
     assert 'the pool is whole' in a_out + c_out
     from deliberate_practice.pool import Pool
     from deliberate_practice.config import preset, initial_sampling
@@ -81,7 +83,7 @@ def test_dp_generate_workers_at_once_one_killed_a_third_finishes(tmp_path):
     from deliberate_practice.data import balanced_labels
     from deliberate_practice.generators import load_digits_generator
     torch.set_num_threads(1)
-    cfg = preset('digits', pool_size=5 * 2048, n_steps=2, gen_batch_size=256, seed=3)
+    cfg = preset('digits', pool_size=N_CHUNKS * 2048, n_steps=2, gen_batch_size=256, seed=3)
     ref = Pool.generate(load_digits_generator(), balanced_labels(cfg.pool_size, 10), initial_sampling(cfg), derive_seed(cfg.seed, POOL), root=tmp_path / 'ref')
     got = Pool.load(out)
     assert torch.equal(got.store.get(slice(None)), ref.store.get(slice(None))) and torch.equal(got.labels, ref.labels)
@@ -142,3 +144,27 @@ def test_dp_generate_under_accelerate_launch(tmp_path):
     from deliberate_practice.pool import Pool
     a, b = Pool.load(tmp_path / 'one'), Pool.load(tmp_path / 'two')
     assert torch.equal(a.store.get(slice(None)), b.store.get(slice(None))) and a.spec == b.spec
+
+
+def _spec_worker(root, spec, barrier, q):
+    from deliberate_practice.pool import _check_spec
+    barrier.wait()
+    try: _check_spec(root, spec); q.put('ok')
+    except Exception as e: q.put(f'{type(e).__name__}: {e}')
+
+
+def test_workers_starting_at_once_agree_on_the_spec(tmp_path):
+    "16 workers write spec.json at the same moment: all succeed, one file, whole (before: a worker's atomic_write could delete another's temp file)."
+    import multiprocessing as mp
+    from deliberate_practice.pool import _check_spec                      # imported before the fork: the workers start at once
+    ctx = mp.get_context('fork')
+    spec = dict(generator=dict(family='X'), classes=['a'], prompts=None, image_shape=[1, 2, 2], pool_size=4, seed=1, sampling=dict(cfg_scale=2.0))
+    for trial in range(5):
+        root = tmp_path / f't{trial}'; root.mkdir()
+        barrier, q = ctx.Barrier(16), ctx.Queue()
+        ps = [ctx.Process(target=_spec_worker, args=(root, spec, barrier, q)) for _ in range(16)]
+        for p in ps: p.start()
+        got = [q.get(timeout=60) for _ in ps]
+        for p in ps: p.join()
+        assert got == ['ok'] * 16, got
+        assert json.loads((root / 'spec.json').read_text()) == spec and [p.name for p in root.iterdir()] == ['spec.json']
