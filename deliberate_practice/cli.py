@@ -61,7 +61,7 @@ def build_parser()->argparse.ArgumentParser:
     "The `dp-train` parser: run flags (`--out`, `--resume`, `--preset`, `--config`, ...) and one flag per `DPConfig` field, each in both spellings."
     p = _OneLineParser(prog='dp-train', description='Train a classifier with Deliberate Practice on synthetic data.', epilog=presets_help(),
                        argument_default=argparse.SUPPRESS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--out', required=True, help='run folder: checkpoint.pt, history.jsonl, history.csv, final.json')
+    p.add_argument('--out', help='run folder: checkpoint.pt, history.jsonl, history.csv, final.json (required, but with --print-config)')
     p.add_argument('--resume', action='store_true', help="continue the run in --out from its checkpoint")
     p.add_argument(*flag_names('preset'), choices=tuple(PRESETS), help="start from a preset (default: --dataset's preset, else digits)")
     p.add_argument(*flag_names('config'), metavar='FILE', help="JSON or YAML file of DPConfig fields (a run's final.json works as is); flags override it")
@@ -161,8 +161,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 # %% ../nbs/10_cli.ipynb #f67cc85f
 def resolve_config(kw:dict, ns)->DPConfig:
     "The run's configuration: with `--resume`, the run's own (`--preset`, `--config` and flags must agree with it), else `--preset` (default: `--dataset`'s, else digits) under `--config` under the flags."
-    if str(ns.out).strip() == '': raise ValueError(f"out must be a folder path, got {ns.out!r}")
-    out, kw = Path(ns.out), {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}), **kw}
+    if getattr(ns, 'out', None) is None and not getattr(ns, 'print_config', False): raise ValueError("out is required: pass --out FOLDER (only --print-config runs without one)")
+    if str(getattr(ns, 'out', 'x')).strip() == '': raise ValueError(f"out must be a folder path, got {ns.out!r}")
+    out, kw = Path(getattr(ns, 'out', '.')), {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}), **kw}
     name = getattr(ns, 'preset', None)
     if getattr(ns, 'resume', False):
         from deliberate_practice.trainer import DPTrainer

@@ -280,6 +280,14 @@ def refresh_sampling(cfg:DPConfig)->Sampling:
     "How a refresh draws its replacements: `cfg_scale` and `omega` with feedback, and the guidance options."
     return Sampling(cfg.cfg_scale, cfg.omega, cfg.n_steps, cfg.gen_batch_size, cfg.guide_every, cfg.guidance_batch_size, cfg.guidance_form)
 
+# %% ../nbs/00_config.ipynb #51bb8f89
+def _number(v):
+    "A numeric string as a float ('1e-3' -> 0.001); anything else as it is (the field's check then names it)."
+    if isinstance(v, str):
+        try: return float(v)
+        except ValueError: pass
+    return v
+
 # %% ../nbs/00_config.ipynb #afb124bd
 def config_from_file(path)->dict:
     "The `DPConfig` fields in the JSON (or YAML) file `path`: a `{field: value}` object, or a `final.json`/`result.json` holding one as `config`."
@@ -296,4 +304,5 @@ def config_from_file(path)->dict:
     if not isinstance(d, dict): raise ValueError(f"config file {path} must hold an object of DPConfig fields, got {type(d).__name__}")
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(DPConfig)})
     if unknown: raise ValueError(f"config file {path}: {', '.join(unknown)} {'is not a DPConfig field' if len(unknown) == 1 else 'are not DPConfig fields'}")
-    return d
+    floats = {f.name for f in dataclasses.fields(DPConfig) if f.type in (float, float | None)}
+    return {k: _number(v) if k in floats else v for k, v in d.items()}   # YAML 1.1 reads 1e-3 as a string (it wants 1.0e-3)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 import timm
 from timm.data import resolve_model_data_config
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._hub import save_for_hf   # timm's writer of hub-style folders (model.safetensors + config.json), in timm.models._hub since 1.0
+from timm.models import save_for_hf   # timm's public writer of hub-style folders (model.safetensors + config.json)
 from fastprogress.fastprogress import progress_bar
 from .data import digits_splits
 
@@ -193,6 +193,7 @@ def export_timm(model:NormalizedClassifier,  # trained classifier from `create_c
     if not {'num_classes', 'in_chans'} <= set(args): raise ValueError(f"model_args must hold num_classes and in_chans, got {args}")
     if not timm.is_model(arch := net.pretrained_cfg.get('architecture')): raise ValueError(f"model.model is not a timm architecture, got {arch!r}")
     save_for_hf(net, path, model_config=dict(label_names=list(label_names)) if label_names else None, model_args=args, safe_serialization=True)
+    (path / 'model.safetensors').chmod((path / 'config.json').stat().st_mode & 0o777)   # safetensors writes 0600; config.json has open()'s mode: readable by colleagues
     cfg = json.loads((path / 'config.json').read_text())
     size = args.get('img_size') or net.pretrained_cfg['input_size'][1:]
     cfg['pretrained_cfg'] = {k: v for k, v in cfg['pretrained_cfg'].items() if k not in ('tag', 'test_input_size', 'test_crop_pct', 'test_pool_size')} | dict(

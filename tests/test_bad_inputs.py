@@ -148,7 +148,7 @@ FLAGS = [   # (flags, message) on an empty --out
 ]
 
 CASES = [(f"flag {' '.join(f)}", (lambda f: lambda t, p: ['--out', t / 'run', *f])(f), m) for f, m in FLAGS] + [
-    ('no --out', lambda t, p: [], 'the following arguments are required: --out'),
+    ('no --out', lambda t, p: [], 'out is required: pass --out FOLDER'),
     ('--config with an unknown field', lambda t, p: ((t / 'c.json').write_text('{"omgea": 1}'), ['--out', t / 'run', '--config', t / 'c.json'])[1],
      'omgea is not a DPConfig field'),
     ('--config not JSON', lambda t, p: ((t / 'c.json').write_text('omega: 1'), ['--out', t / 'run', '--config', t / 'c.json'])[1], 'is not valid JSON'),
