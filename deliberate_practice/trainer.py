@@ -552,7 +552,7 @@ def save(self:DPTrainer, at:dict=None):   # where inside an epoch the run is (No
 def export_model(self:DPTrainer):
     "Write the evaluated classifier (the EMA copy when EMA is on) to `out/model` for `timm.create_model(..., checkpoint_path=...)` / `models.load_exported`."
     from deliberate_practice.models import export_timm
-    try: export_timm(self.eval_model, self.out / MODEL)
+    try: export_timm(self.eval_model, self.out / MODEL, label_names=list(self.generator.class_names))   # config.json names the classes
     except ValueError as e: print(f"model export skipped: {e}", file=sys.stderr)   # a classifier not built by `create_classifier`
 
 # %% ../nbs/08_trainer.ipynb #496ccac6

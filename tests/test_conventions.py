@@ -17,6 +17,7 @@ def test_every_file_of_a_run_has_the_umask_mode(tmp_path):
     assert {p.relative_to(tmp_path / 'run').as_posix() for p in files} >= {'model/model.safetensors', 'model/config.json', 'checkpoint.pt', 'pruned/r00001-00000.safetensors'}
     bad = {p.name: oct(p.stat().st_mode & 0o777) for p in files if p.stat().st_mode & 0o777 != 0o666 & ~UMASK}
     assert not bad, bad
+    assert json.loads((tmp_path / 'run' / 'model' / 'config.json').read_text())['label_names'] == list('0123456789')   # the classes, by index
 
 
 def test_yaml_numbers_and_print_config_without_out(tmp_path):
