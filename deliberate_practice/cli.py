@@ -6,11 +6,11 @@
 __all__ = ['CHOICES', 'REPEATABLE', 'GIB', 'MIB', 'GUIDANCE_VIEW_MIB', 'UNET_MIB_PER_LATENT_PX', 'UNET_GRAD_MIB_PER_LATENT_PX',
            'TRAIN_MIB_PER_IMAGE', 'SD15_TFLOP_PER_STEP', 'SD15_DECODE_TFLOP', 'SD15_LATENT_PX', 'GPU_PEAK_TFLOPS',
            'ASSUMED_MFU', 'REPRODUCE_ARGS', 'flag_names', 'presets_help', 'add_config_flags', 'build_parser',
-           'parse_args', 'LineReporter', 'console_reporter', 'CurvesWriter', 'resolve_config', 'dp_train',
-           'refresh_schedule', 'plan_counts', 'activation_bytes', 'meta_classifier', 'estimate_memory', 'timed_steps',
-           'disk_needed_gib', 'classifier_params', 'check_disk', 'guidance_view', 'image_tflop', 'generation_cost',
-           'dry_run', 'build_reproduce_parser', 'shared_pools', 'dp_reproduce', 'worker_slot', 'build_generate_parser',
-           'dp_generate']
+           'config_flags', 'parse_args', 'LineReporter', 'console_reporter', 'CurvesWriter', 'resolve_config',
+           'dp_train', 'refresh_schedule', 'plan_counts', 'activation_bytes', 'meta_classifier', 'estimate_memory',
+           'timed_steps', 'disk_needed_gib', 'classifier_params', 'check_disk', 'guidance_view', 'image_tflop',
+           'generation_cost', 'dry_run', 'build_reproduce_parser', 'shared_pools', 'dp_reproduce', 'worker_slot',
+           'build_generate_parser', 'dp_generate']
 
 # %% ../nbs/10_cli.ipynb #4e449efc
 import argparse, dataclasses, json, math, os, sys, textwrap, time
@@ -77,12 +77,16 @@ def build_parser()->argparse.ArgumentParser:
     return add_config_flags(p)
 
 # %% ../nbs/10_cli.ipynb #7a050d3f
+def config_flags(ns)->dict:
+    "The typed `DPConfig` fields given as flags in the parsed namespace `ns` (a repeatable flag's values joined with ',')."
+    types = {f.name: f.type for f in dataclasses.fields(DPConfig)}
+    return {k: check_value(k, ','.join(v) if k in REPEATABLE else v, types[k], parse=True) for k, v in vars(ns).items() if k in types}
+
 def parse_args(argv:list=None)->tuple:  # command-line arguments (default: sys.argv[1:])
     "`(config overrides, namespace)`: the typed `DPConfig` fields given on the command line, and all flags."
     ns = build_parser().parse_args(argv)
-    types = {f.name: f.type for f in dataclasses.fields(DPConfig)}
-    given = {k: ','.join(v) if k in REPEATABLE else v for k, v in vars(ns).items() if k in types}
-    return {k: check_value(k, v, types[k], parse=True) for k, v in given.items()}, ns
+    return config_flags(ns), ns
+
 
 # %% ../nbs/10_cli.ipynb #60674692
 class LineReporter:
@@ -638,9 +642,7 @@ def dp_generate(argv:list=None):  # command-line arguments (default: sys.argv[1:
     try:
         with preemptible():
             ns = build_generate_parser().parse_args(argv)
-            types = {f.name: f.type for f in dataclasses.fields(DPConfig)}
-            kw = {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}),
-                  **{k: check_value(k, ','.join(v) if k in REPEATABLE else v, types[k], parse=True) for k, v in vars(ns).items() if k in types}}
+            kw = {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}), **config_flags(ns)}
             cfg = preset(getattr(ns, 'preset', None) or kw.get('dataset', 'digits'), **kw)
             if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
             if getattr(ns, 'threads', None) is not None: import torch; torch.set_num_threads(ns.threads)

@@ -22,7 +22,7 @@ from .config import SCORE_METRICS, SELECTIONS as RUN_SELECTIONS, Sampling, legac
 from .data import check_labels, balanced_labels
 from .guidance import entropy, eval_mode
 from .store import (LabelledImages, as_float, open_shards, rank_world, process_slice, gather_cat, reporter,
-                                       scratch_name, load_part, save_part, module_device_dtype, to_uint8, PROVENANCE, atomic_write, write_text,
+                                       scratch_name, load_part, save_part, module_device_dtype, to_uint8, PROVENANCE, provenance, atomic_write, write_text,
                                        ShardStore, INDEX, read_index,
                                        Preempted, preempt_requested, fault_point, note_sampled)
 
@@ -250,8 +250,7 @@ def generate(cls:Pool,
     pool = cls(torch.empty(0, *generator.image_shape), labels[:0], shard_size=shard_size, root=root)
     n, pool.dist, pool.scratch = len(labels), dist, scratch
     pool.labels, pool.n_generated, sampling = labels.clone(), n, sampling or Sampling(**sampling_kw)
-    for k, (dtype, fill) in PROVENANCE.items(): setattr(pool, k, torch.full((n,), fill, dtype=dtype))
-    pool.born.zero_(); pool.omega.zero_()
+    for k, v in provenance(n).items(): setattr(pool, k, v)         # born 0, omega 0, the rest unknown until `_fill`
     pool.spec = pool_spec(generator, n, sampling, seed)
     pool._fill(torch.arange(n), generator, None, sampling, seed, progress)
     pool._commit_all()
@@ -308,9 +307,9 @@ def _finish_offline(root:Path, labels:Tensor, sampling:Sampling, seed:int, spec:
         pool = Pool.__new__(Pool)
         pool.store = ShardStore(root, names, shard, row, image_shape, shard_size, uids)._check_files('the offline pool')
         pool.labels, pool.n_generated, pool.round, pool.shard_size, pool.spec = labels.clone(), len(labels), 0, shard_size, spec
-        for k, (dtype, fill) in PROVENANCE.items(): setattr(pool, k, torch.full((len(labels),), fill, dtype=dtype))
-        pool.born.zero_(); pool.omega.fill_(float(sampling.omega)); pool.cfg_scale.fill_(float(sampling.cfg_scale))
-        pool.seed, pool.index = torch.cat([torch.full((len(c),), _chunk_seed(seed, i)) for i, c in enumerate(chunks)]), row.clone()
+        n, seeds = len(labels), torch.cat([torch.full((len(c),), _chunk_seed(seed, i)) for i, c in enumerate(chunks)])
+        for k, v in provenance(n, omega=torch.full((n,), float(sampling.omega)), cfg_scale=torch.full((n,), float(sampling.cfg_scale)), seed=seeds, index=row).items():
+            setattr(pool, k, v)
         pool._commit()
         for n in names: os.chmod(root/n, 0o444)                  # shared by every run that starts from it: read-only
         import shutil; shutil.rmtree(root/'scratch', ignore_errors=True)
@@ -406,24 +405,26 @@ def _per_class_easiest(idx:Tensor, labels:Tensor, H:Tensor, k:int)->Tensor:
 
 # %% ../nbs/07_pool.ipynb #f6e159ae
 @patch
+def _archive_images(self:Pool, idx:Tensor, name:str, info:dict, **over):
+    "Write the images at `idx` (uint8) with their labels, pool positions and provenance (`over` replacing some) to `archive/name`."
+    t = {'images': to_uint8(self.store.get(idx)).contiguous(), 'labels': self.labels[idx], 'position': idx, **{k: getattr(self, k)[idx] for k in PROVENANCE}, **over}
+    atomic_write(Path(self.archive)/name, lambda p: save_file(t, str(p), metadata=info))
+
+@patch
 def _archive_pruned(self:Pool, pruned:Tensor, H:Tensor):
     "Write the pruned images (all with `keep_pruned`, else a sample per class) and their provenance to `archive` (main process)."
     if rank_world(self.dist)[0]: return
     keep = pruned if self.keep_pruned else _per_class_easiest(pruned, self.labels, H, PRUNED_SAMPLE)
     Path(self.archive).mkdir(parents=True, exist_ok=True)
     for j, idx in enumerate(keep.split(self.shard_size)):
-        t = dict(images=to_uint8(self.store.get(idx)).contiguous(), labels=self.labels[idx], position=idx,
-                 **{k: getattr(self, k)[idx] for k in PROVENANCE if k != 'entropy_last'}, entropy_last=H[idx])
-        info = dict(round=str(self.round), all=str(bool(self.keep_pruned)))
-        atomic_write(Path(self.archive)/f'r{self.round:05d}-{j:05d}.safetensors', lambda p: save_file(t, str(p), metadata=info))
+        self._archive_images(idx, f'r{self.round:05d}-{j:05d}.safetensors', dict(round=str(self.round), all=str(bool(self.keep_pruned))), entropy_last=H[idx])
 
 @patch
 def _archive_added(self:Pool, new:Tensor):
     "Write a sample of the images a refresh added, `PRUNED_SAMPLE` per class (the first of each), to `archive/added-rNNNNN.safetensors` (main process): the gallery shows them even after a later refresh pruned them."
     if rank_world(self.dist)[0] or not len(new): return
     keep = _per_class_easiest(new, self.labels, torch.zeros(len(self)), PRUNED_SAMPLE)     # all tied: the first of each class
-    t = dict(images=to_uint8(self.store.get(keep)).contiguous(), labels=self.labels[keep], position=keep, **{k: getattr(self, k)[keep] for k in PROVENANCE})
-    atomic_write(Path(self.archive)/f'added-r{self.round:05d}.safetensors', lambda p: save_file(t, str(p), metadata=dict(round=str(self.round))))
+    self._archive_images(keep, f'added-r{self.round:05d}.safetensors', dict(round=str(self.round)))
 
 
 # %% ../nbs/07_pool.ipynb #59123c09

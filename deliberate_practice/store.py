@@ -6,7 +6,7 @@
 __all__ = ['UMASK', 'INDEX', 'FORMAT', 'PROVENANCE', 'CHECKPOINT', 'HISTORY', 'HISTORY_CSV', 'FINAL', 'TENSORBOARD', 'MODEL',
            'CURVES', 'LOCK', 'RUN', 'RUN_ARTEFACTS', 'PREEMPT_SIGNALS', 'PREEMPTED_EXIT', 'atomic_write', 'write_text',
            'as_float', 'to_uint8', 'MemoryStore', 'ShardStore', 'read_index', 'fresh_dir', 'new_shard_store',
-           'open_shards', 'store_state', 'store_from_state', 'link_or_copy', 'save_store', 'load_store',
+           'open_shards', 'store_state', 'store_from_state', 'link_or_copy', 'save_store', 'load_store', 'provenance',
            'LabelledImages', 'rank_world', 'process_slice', 'gather_cat', 'reporter', 'scratch_name', 'load_part',
            'save_part', 'distributed_state', 'run_device', 'make_accelerator', 'module_device_dtype', 'derive_seed',
            'seeded', 'numpy_rng_state', 'set_numpy_rng_state', 'read_checkpoint', 'convert_checkpoint', 'history_csv',
@@ -387,6 +387,11 @@ def _as_1d(v, n, name, dtype, fill):
     if v.shape != (n,): raise ValueError(f"{name} must have one entry per label ({n}), got shape {tuple(v.shape)}")
     return v
 
+def provenance(n:int, **given)->dict:
+    "The `PROVENANCE` tensors of `n` images: those `given` (checked: one entry per image), the others their unknown value."
+    if unknown := set(given) - set(PROVENANCE): raise ValueError(f"provenance must be fields of PROVENANCE, got {sorted(unknown)}")
+    return {k: _as_1d(given.get(k), n, k, dtype, fill) for k, (dtype, fill) in PROVENANCE.items()}
+
 
 # %% ../nbs/06_store.ipynb #ca814c43
 class LabelledImages(torch.utils.data.Dataset):
@@ -411,7 +416,7 @@ class LabelledImages(torch.utils.data.Dataset):
             raise ValueError(f"images must be finite: {int((~torch.isfinite(images.flatten(1))).any(1).sum())} of {n} hold NaN or inf")
         given = dict(born=born, omega=omega, cfg_scale=cfg_scale, seed=seed, index=index, entropy_at_birth=entropy_at_birth, entropy_last=entropy_last)
         self.labels, self.spec = labels, spec
-        for k, (dtype, fill) in PROVENANCE.items(): setattr(self, k, _as_1d(given[k], n, k, dtype, fill))
+        for k, v in provenance(n, **given).items(): setattr(self, k, v)
         self.n_generated, self.round, self.shard_size = n if n_generated is None else int(n_generated), int(round), int(shard_size)
         self.store = MemoryStore(images) if root is None else new_shard_store(fresh_dir(root), images.shape[1:], shard_size)
         if root is not None and n:
@@ -424,7 +429,7 @@ def _meta(self:LabelledImages)->dict: return dict(labels=self.labels, **{k: geta
 
 def _provenance(meta:dict, n:int)->dict:
     "The `PROVENANCE` tensors of a pool's `meta`, each missing one (a pool of an older version) filled with its unknown value."
-    return {k: meta[k].clone() if k in meta else torch.full((n,), fill, dtype=dtype) for k, (dtype, fill) in PROVENANCE.items()}
+    return provenance(n, **{k: v for k, v in meta.items() if k in PROVENANCE})
 
 
 # %% ../nbs/06_store.ipynb #1aa724df
@@ -531,14 +536,13 @@ def write_shards(cls:LabelledImages,
                  root,                # the new pool folder
                  shard_size:int=2048, # images per shard
                  spec:dict=None,      # what made the pool (see `pool.pool_spec`)
-                 **provenance,        # `PROVENANCE` tensors of N entries (default: unknown)
+                 **given,             # `PROVENANCE` tensors of N entries (default: unknown)
                 ):
     "A pool folder written batch by batch, never holding all its images in memory; the index is committed once every batch is written."
     labels = check_labels(labels).clone(); n = len(labels)
-    if unknown := set(provenance) - set(PROVENANCE): raise ValueError(f"provenance must be fields of PROVENANCE, got {sorted(unknown)}")
     pool, done = cls.__new__(cls), 0
     pool.labels, pool.spec, pool.n_generated, pool.round, pool.shard_size, pool.store = labels, spec, n, 0, int(shard_size), None
-    for k, (dtype, fill) in PROVENANCE.items(): setattr(pool, k, _as_1d(provenance.get(k), n, k, dtype, fill))
+    for k, v in provenance(n, **given).items(): setattr(pool, k, v)
     for x in batches:
         if pool.store is None: pool.store = new_shard_store(fresh_dir(root), x.shape[1:], shard_size)
         if tuple(x.shape[1:]) != pool.store.image_shape: raise ValueError(f"batch of images {tuple(x.shape[1:])} after images {pool.store.image_shape}: a pool's images share one shape")

@@ -225,9 +225,9 @@ def build_pool(self:DPTrainer):
 def _start_from(self:DPTrainer, path, root)->Pool:
     "The run's initial pool from the pool folder `path`, checked on every process; on disk the main process links it into `root`, the others open it."
     spec = pool_spec(self.generator, self.cfg.pool_size, initial_sampling(self.cfg), derive_seed(self.cfg.seed, POOL))
-    open_checked(path, spec)                                          # every process: a mismatch stops them all
-    if root is None or self.world == 1: return start_from(path, spec, root)
+    if root is None or self.world == 1: return start_from(path, spec, root)    # checks, then links or reads
     if self.is_main: start_from(path, spec, root)
+    else: open_checked(path, spec)                                    # every process checks: a mismatch stops them all
     self.dist.wait_for_everyone()
     return Pool.load(root)
 
