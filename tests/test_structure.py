@@ -4,6 +4,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG, NBS = ROOT / 'deliberate_practice', ROOT / 'nbs'
+NOT_MODULES = ('__init__', '_modidx')   # nbdev's package files; `__main__` (python -m) is a module of its own notebook
 
 
 def _imported(node, tree)->list:
@@ -20,7 +21,7 @@ def module_imports()->dict:
     "{module: (modules imported at module level, modules imported inside a function only)} of the package."
     out = {}
     for p in sorted(PKG.glob('*.py')):
-        if p.stem.startswith('_'): continue
+        if p.stem in NOT_MODULES: continue
         tree = ast.parse(p.read_text()); top, lazy = set(), set()
         for node in ast.walk(tree):
             for m in _imported(node, tree): (top if node in tree.body else lazy).add(m)
@@ -60,7 +61,7 @@ def test_no_private_names_across_modules():
     "A module imports only public names of another (its underscore names are its own business)."
     bad = []
     for p in sorted(PKG.glob('*.py')):
-        if p.stem.startswith('_'): continue
+        if p.stem in NOT_MODULES: continue
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, ast.ImportFrom) and _imported(node, None):
                 bad += [f"{p.stem} imports {a.name} from {node.module}" for a in node.names if a.name.startswith('_')]
