@@ -1,7 +1,7 @@
 """Cost of entropy guidance per DDIM step, measured side by side in one run.
 
 Rows, for the shipped digits generator (batch 100, 20 steps) and the tiny random-weight Stable Diffusion pipeline:
-plain CFG (omega 0); guided with eps detached (the default, calibration.md); guided through the denoiser
+plain CFG (omega 0); guided with eps detached (the default at digits scale); guided through the denoiser
 (`grad_through_denoiser=True`); guided with eps detached every 5th step (`guide_every=5`).
 Prints seconds per DDIM step and the ratio to plain CFG. No assertions on time.
 

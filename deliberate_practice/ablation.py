@@ -7,27 +7,28 @@ __all__ = ['ROWS', 'REAL_ROW', 'PAPER_TABLE1', 'SEEDS', 'TUNING_SEEDS', 'SCALES'
            'PRESET_FIELDS', 'RESULT', 'HISTORY_KEYS', 'POOLS', 'CLAIMS', 'RESULTS', 'TABLE', 'FIGURE', 'WRITE_EVERY',
            'FULL_K', 'COVERAGE_KS', 'COVERAGE_ROWS', 'COVERAGE_RESULTS', 'COVERAGE_TABLE', 'COVERAGE_FIGURE',
            'row_kind', 'preset', 'presets_markdown', 'run_dir', 'scale_parts', 'pool_key', 'initial_pool', 'has_real',
-           'real_images', 'real_pool', 'shared_pool_dir', 'shared_initial_pool', 'run_row', 'Runs', 'extra_names',
-           'result_acc', 'summarize', 'images_seen', 'mean_curve', 'efficiency', 'paired_gap', 'verdict', 'paired_ci',
-           'seed_share', 'image_share', 'best_dp_row', 'holm', 'p_verdict', 'claims', 'claims_markdown',
+           'real_images', 'real_pool', 'shared_pool_dir', 'shared_initial_pool', 'run_curves', 'run_row', 'Runs',
+           'extra_names', 'result_acc', 'summarize', 'images_seen', 'mean_curve', 'efficiency', 'paired_gap', 'verdict',
+           'paired_ci', 'seed_share', 'image_share', 'best_dp_row', 'holm', 'p_verdict', 'claims', 'claims_markdown',
            'table1_markdown', 'budget_curve', 'budget_band', 'plot_scaling', 'write_outputs', 'load_results', 'redraw',
-           'usable_cores', 'reproduce', 'parse_overrides', 'scale_rows', 'reproduce_command', 'rotated_digits',
-           'write_digits_folder', 'realmix_markdown', 'sweep', 'sweep_records', 'choose_setting', 'train_k_generator',
-           'coverage_generator', 'coverage_sweep', 'coverage_markdown', 'plot_coverage']
+           'usable_cores', 'RunProgress', 'reproduce', 'parse_overrides', 'scale_rows', 'reproduce_command',
+           'rotated_digits', 'write_digits_folder', 'realmix_markdown', 'sweep', 'sweep_records', 'choose_setting',
+           'train_k_generator', 'coverage_generator', 'coverage_sweep', 'coverage_markdown', 'plot_coverage']
 
 # %% ../nbs/09_ablation.ipynb #8659f702
 import copy, hashlib, json, math, multiprocessing, os, shutil, sys, time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
 from pathlib import Path
+from queue import Empty
 import numpy as np
 import matplotlib
 import matplotlib.pyplot as plt
 import torch
 from scipy import stats
-from fastprogress.fastprogress import progress_bar
+from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
 from .trainer import DPConfig, DPTrainer, PRESETS, POOL, initial_sampling
 from .generators import digits_weights, build_parts
-from .store import atomic_write, CHECKPOINT, INDEX, distributed_state, run_device, derive_seed
+from .store import atomic_write, CHECKPOINT, INDEX, distributed_state, run_device, derive_seed, plot_curves, CURVES, HISTORY
 from .data import dataset_entry, balanced_labels
 
 # %% ../nbs/09_ablation.ipynb #9b1b129f
@@ -63,7 +64,7 @@ def _row_settings(row:str, patience:dict)->dict:
     return dict(kw, selection='easiest') if row_kind(row) == 'dp' else dict(kw, selection='random', omega=0.0)
 
 # %% ../nbs/09_ablation.ipynb #1b929fa0
-SCALES = PRESETS                                          # the trainer's table: each scale's dp-p8-100 row
+SCALES = {n: p for n, p in PRESETS.items() if n != 'folder-cpu'}   # the trainer's table: each scale's dp-p8-100 row (folder-cpu checks one run: no scale)
 PATIENCE_10 = {'digits': 4, 'digits-k10': 4, 'imagenet100': 10, 'imagenet1k': 10, 'folder': 10}   # the paper's patience 10 at each scale (digits: the patience sweep below)
 PATIENCE = {s: {8: p.get('patience', DPConfig.patience), 10: PATIENCE_10[s]} for s, p in SCALES.items()}   # {paper value: this scale's}
 _QUICK_DIGITS = dict(epochs=20, patience={8: 1, 10: 2})   # `--quick`: fewer epochs, so a shorter patience ({paper: this scale's}) to see refreshes
@@ -187,6 +188,15 @@ def shared_initial_pool(cfg:DPConfig, generator, out, log=print)->Path:
     return d
 
 
+# %% ../nbs/09_ablation.ipynb #92513c37
+def run_curves(d,              # a run folder of a reproduction
+               row:str, seed:int,
+               history:list=None, # its history (default: its `history.jsonl`)
+              ):
+    "Draw the run's `curves.png` (`store.plot_curves`) in its folder, titled with its row and seed."
+    if history is None: history = [json.loads(l) for l in (Path(d) / HISTORY).read_text().splitlines() if l.strip()]
+    plot_curves(history, Path(d) / CURVES, title=f"{row} seed {seed}")
+
 # %% ../nbs/09_ablation.ipynb #a8c5ae31
 def run_row(cfg:DPConfig,        # the row's configuration (from `preset`)
             row:str,             # the row's name (recorded in the result)
@@ -195,23 +205,27 @@ def run_row(cfg:DPConfig,        # the row's configuration (from `preset`)
             data:dict=None,      # shared real splits dict(val=..., test=...)
             progress:bool=False, # fastprogress bars of the trainer
             initial_pool=None,   # (Pool, seconds) from `initial_pool`: start from a copy; or a pool folder (`shared_initial_pool`): start from its images
+            callbacks=(),        # `cb(trainer, row)` after each epoch (the trainer's `callbacks`)
            )->dict:              # the row's result (also in `result.json`)
     "Run (or finish, or read back) one (row, seed) of a reproduction; under `accelerate launch` every process runs it and the main one writes."
     d, state = run_dir(out, row, cfg.seed), distributed_state(cfg)
     if (d / RESULT).exists():
         res = json.loads((d / RESULT).read_text())
         if DPConfig.from_dict(res['config']).to_dict() != cfg.to_dict(): raise ValueError(f"out {str(out)!r} holds {row} seed {cfg.seed} run with another config; use another --out")
+        if state.is_main_process and not (d / CURVES).exists() and (d / HISTORY).exists(): run_curves(d, row, cfg.seed)   # a folder from before curves.png
         return res
     if generator is None or data is None: generator, data = scale_parts(cfg)
     folder = initial_pool if isinstance(initial_pool, (str, Path)) else None
     if DPTrainer.has_run(d):                                     # a checkpoint, or the run.json of a run killed before its first one
         if DPTrainer.saved_config(d) != cfg: raise ValueError(f"out {str(out)!r} holds a {row} seed {cfg.seed} run with another config; use another --out")
-        trainer = DPTrainer.resume(d, generator=generator, data=data, progress=progress, initial_pool=folder)
-    else: trainer = DPTrainer(cfg, generator=generator, data=data, out=d, progress=progress, initial_pool=folder)
+        trainer = DPTrainer.resume(d, generator=generator, data=data, progress=progress, initial_pool=folder, callbacks=callbacks)
+    else: trainer = DPTrainer(cfg, generator=generator, data=data, out=d, progress=progress, initial_pool=folder, callbacks=callbacks)
     if trainer.pool is None and initial_pool is not None and folder is None: trainer.pool, trainer.wall_s = copy.deepcopy(initial_pool[0]), initial_pool[1]
     trainer.fit()
     res = _result(row, cfg.seed, trainer)
-    if state.is_main_process: atomic_write(d / RESULT, lambda p: Path(p).write_text(json.dumps(res)))
+    if state.is_main_process:
+        run_curves(d, row, cfg.seed, trainer.history)
+        atomic_write(d / RESULT, lambda p: Path(p).write_text(json.dumps(res)))
     state.wait_for_everyone()
     return res
 
@@ -219,8 +233,10 @@ def run_row(cfg:DPConfig,        # the row's configuration (from `preset`)
 class Runs:
     "Run (row, seed) after (row, seed) in this process: the generator and data loaded once, each seed's initial pool generated once."
     def __init__(self, generator=None, data:dict=None, keep:int=4,   # shared parts (default: `scale_parts` at first use); in-memory initial pools kept
-                 log=print):                                          # where the shared pools are announced (None: nowhere)
+                 log=print,                                           # where the shared pools are announced (None: nowhere)
+                 on_epoch=None):                                      # `on_epoch(row, seed, epoch, epochs, n_generated)` after each epoch of a run
         self.parts, self.pools, self.keep, self.log = (generator, data) if generator is not None and data is not None else None, {}, keep, log
+        self.on_epoch = on_epoch
 
     def pool(self, cfg:DPConfig, row:str, out=None):
         "The shared starting pool of (`row`, `cfg.seed`): the real images for `REAL_ROW`, else the seed's initial pool (in memory, or its folder in `out`)."
@@ -240,7 +256,8 @@ class Runs:
         fresh = not (d / CHECKPOINT).exists()
         start = self.pool(cfg, row, out) if fresh else None
         if isinstance(start, Path) and self.log and distributed_state(cfg).is_main_process: self.log(f"dp-reproduce: {row} seed {cfg.seed}: starts from the shared initial pool {start}")
-        return run_row(cfg, row, out, *self.parts, initial_pool=start)
+        cbs = [lambda t, h: self.on_epoch(row, cfg.seed, h['epoch'], t.cfg.epochs, h['n_generated'])] if self.on_epoch else []
+        return run_row(cfg, row, out, *self.parts, initial_pool=start, callbacks=cbs)
 
 # %% ../nbs/09_ablation.ipynb #a030e5da
 def _mean_std(v):
@@ -574,8 +591,11 @@ def load_results(out)->list:
 
 # %% ../nbs/09_ablation.ipynb #4ba7e981
 def redraw(out, title:str=None):
-    "Rewrite `results.md` and `scaling.png` from `out/results.json`, without training."
+    "Rewrite `results.md` and `scaling.png` from `out/results.json`, without training; draw the `curves.png` a run folder lacks."
     res = load_results(out)
+    for r in res:
+        d = run_dir(out, r['row'], r['seed'])
+        if (d / HISTORY).exists() and not (d / CURVES).exists(): run_curves(d, r['row'], r['seed'])
     if title is None: title = f"{res[0]['config']['dataset']}, seeds {' '.join(str(s) for s in sorted({r['seed'] for r in res}))}" if res else Path(out).name
     write_outputs(res, out, title)
     return res
@@ -587,10 +607,11 @@ def _title(scale, seeds, quick): return f"{scale}{' --quick' if quick else ''}, 
 _RUNS = None   # a worker process's `Runs`
 
 # %% ../nbs/09_ablation.ipynb #93abc5c3
-def _worker_init(generator, data, threads):
+def _worker_init(generator, data, threads, queue=None):   # queue: where the worker reports its epochs and log lines (None: nowhere)
     global _RUNS
     torch.set_num_threads(threads)
-    _RUNS = Runs(generator, data)
+    _RUNS = Runs(generator, data, log=None if queue is None else lambda s: queue.put(('log', s)),
+                 on_epoch=None if queue is None else lambda *a: queue.put(('epoch', *a)))
 
 # %% ../nbs/09_ablation.ipynb #45b85eac
 def _worker_run(cfg, row, out): return _RUNS(cfg, row, out)
@@ -600,13 +621,80 @@ def usable_cores()->int:
     "CPU cores this process may run on."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
+# %% ../nbs/09_ablation.ipynb #65b8313d
+class RunProgress:
+    "A reproduction's output: a bar over the epochs of its runs, and lines above it; plain lines when stdout is no terminal."
+    def __init__(self, total:int,          # epochs of every run to do
+                 every_s:float=30.,        # seconds between progress lines without a bar
+                 bar:bool=None):           # a bar (default: on a terminal or in a notebook)
+        self.total, self.done, self.every_s, self.t0 = total, 0, every_s, time.monotonic()
+        self.last, self.now, self.width = self.t0, 'loading the generator and data', 0
+        self.bar = progress_bar(range(total)) if (IN_NOTEBOOK or sys.stdout.isatty() if bar is None else bar) and total else None
+        if self.bar is not None: self.bar.comment = self.now; self.bar.update(0)
+
+    def epoch(self, row:str, seed:int, epoch:int, epochs:int, n_generated:int):
+        "Run (`row`, `seed`) finished `epoch` of `epochs`, with `n_generated` images generated so far."
+        self.done, self.now = min(self.done + 1, self.total), f"{row}-s{seed} epoch {epoch}/{epochs}, {n_generated:,} images generated"
+        if self.done == 1: self.t1 = time.monotonic()
+        if self.bar is None:
+            if time.monotonic() - self.last >= self.every_s: self.write(self.status()); self.last = time.monotonic()
+            return
+        b, left = self.bar, self.left_s()
+        c = self.now[:max(20, getattr(b, 'cols', 200) - 50)]; self.width = max(self.width, len(c))
+        b.comment, b.last_v, b.last_t = c.ljust(self.width), self.done, time.time()          # padded: a shorter line leaves no tail of the last
+        b.pred_t = None if left is None else b.last_t - b.start_t + left          # the bar's ETA: ours
+        b.update_bar(self.done)
+
+    def left_s(self)->float:
+        "Seconds left at the rate of the epochs after the first (which also loads the generator and data); None before the second."
+        return None if self.done < 2 else (time.monotonic() - self.t1) / (self.done - 1) * (self.total - self.done)
+
+    def status(self)->str:
+        "The progress line: epochs done, the time left, the latest run's epoch."
+        left = self.left_s()
+        return (f"dp-reproduce: {self.done}/{self.total} epochs ({100 * self.done / max(self.total, 1):.0f}%), "
+                + ('time left known after the second epoch' if left is None else f"{left / 60:.1f} min left") + f"; {self.now}")
+
+    def write(self, line:str):
+        "`line` above the bar."
+        if self.bar is None or IN_NOTEBOOK: return print(line, flush=True)
+        print('\r' + ' ' * getattr(self.bar, 'max_len', 0) + '\r' + line, flush=True)
+        self.bar.update_bar(self.done)
+
+    def drain(self, queue):
+        "Show what worker processes put on `queue` (`_worker_init`) since the last call."
+        while True:
+            try: kind, *a = queue.get_nowait()
+            except Empty: return
+            (self.epoch if kind == 'epoch' else self.write)(*a)
+
+    def close(self):
+        "End the bar's line."
+        if self.bar is not None and not IN_NOTEBOOK: print(flush=True)
+
+# %% ../nbs/09_ablation.ipynb #49b9290c
+def _in_workers(todo, cfgs, out, finished, workers, init, bar, order):
+    "Run `todo` in `workers` spawned processes (`_worker_init(*init)`), calling `finished(k, result)` as each ends; workers report their epochs to `bar`."
+    ctx = multiprocessing.get_context('spawn')
+    q = ctx.Queue() if bar else None
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(*init, q)) as ex:
+        futs = {ex.submit(_worker_run, cfgs[k], k[0], out): k for k in todo}
+        pending = set(futs)
+        try:
+            while pending:
+                fin, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                if bar: bar.drain(q)
+                for f in sorted(fin, key=lambda f: order[futs[f]]): finished(futs[f], f.result())
+        except BaseException:
+            ex.shutdown(wait=True, cancel_futures=True); raise
+
 # %% ../nbs/09_ablation.ipynb #845d69a9
 def reproduce(scale:str='digits',     # one of `SCALES`
               seeds=SEEDS,            # one run per row and seed
               rows=ROWS,              # rows of Table 1 (and `REAL_ROW`)
               out='dp_reproduce',     # folder: results.json, results.md, scaling.png, runs/ROW-sSEED/
               quick:bool=False,       # the scale's `QUICK` settings
-              progress:bool=True,     # a progress bar over the runs
+              progress:bool=True,     # the plan, a bar over the runs' epochs, a line per run (`RunProgress`)
               generator=None,         # shared generator (default: `scale_parts`, in each process that runs something)
               data:dict=None,         # shared real splits (default: `scale_parts`)
               workers:int=1,          # processes running the runs (digits, one process only); 1: in this process
@@ -622,29 +710,27 @@ def reproduce(scale:str='digits',     # one of `SCALES`
         raise ValueError(f"workers must be 1 for dataset {first.dataset!r} or under accelerate launch (one process drives each device), and >= 1; got {workers}")
     order = {k: i for i, k in enumerate(sorted(cfgs, key=lambda k: ((ROWS + (REAL_ROW,)).index(k[0]), seeds.index(k[1]))))}   # ROWS order, then seeds order
     done, title, main, written = {}, _title(scale, seeds, quick), state.is_main_process, time.perf_counter()
-    for k in cfgs:
-        if (run_dir(out, *k) / RESULT).exists(): done[k] = run_row(cfgs[k], k[0], out)   # finished: read back (config checked)
+    before = [k for k in cfgs if (run_dir(out, *k) / RESULT).exists()]
+    if progress and main: print(f"dp-reproduce: {len(cfgs)} runs ({len(rows)} rows x {len(seeds)} seeds), {len(before)} already done, in {out}", flush=True)
+    for k in before: done[k] = run_row(cfgs[k], k[0], out)                              # finished: read back (config checked)
     todo = [k for k in cfgs if k not in done]                                          # seed by seed, all rows of a seed
+    left = lambda k: cfgs[k].epochs - (len((run_dir(out, *k) / HISTORY).read_text().splitlines()) if (run_dir(out, *k) / HISTORY).exists() else 0)
+    bar = RunProgress(sum(left(k) for k in todo)) if progress and main and todo else None
     def finished(k, res):
         nonlocal written
         done[k] = res
-        if progress and main: print(f"{k[0]} seed {k[1]}: val {res['val_acc']:.4f} test {res['test_acc']:.4f} n_generated {res['n_generated']} "
-                                    f"({res['wall_s']:.0f} s)", flush=True)
+        if bar: bar.write(f"{k[0]} seed {k[1]}: val {res['val_acc']:.4f} test {res['test_acc']:.4f} n_generated {res['n_generated']} ({res['wall_s']:.0f} s)")
         if main:
             report = time.perf_counter() - written > WRITE_EVERY
             write_outputs(sorted(done.values(), key=lambda r: order[r['row'], r['seed']]), out, title, report=report)
             if report: written = time.perf_counter()
-    workers = min(workers, len(todo))
-    if workers <= 1:
-        runs = Runs(generator, data, log=print if progress and main else None)
-        for k in (progress_bar(todo) if progress and main and todo else todo): finished(k, runs(cfgs[k], k[0], out))
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'), initializer=_worker_init, initargs=(generator, data, threads)) as ex:
-            futs = {ex.submit(_worker_run, cfgs[k], k[0], out): k for k in todo}
-            try:
-                for f in (progress_bar(as_completed(futs), total=len(futs)) if progress and main else as_completed(futs)): finished(futs[f], f.result())
-            except BaseException:
-                ex.shutdown(wait=True, cancel_futures=True); raise
+    try:
+        if min(workers, len(todo)) <= 1:
+            runs = Runs(generator, data, log=bar and bar.write, on_epoch=bar and bar.epoch)
+            for k in todo: finished(k, runs(cfgs[k], k[0], out))
+        else: _in_workers(todo, cfgs, out, finished, min(workers, len(todo)), (generator, data, threads), bar, order)
+    finally:
+        if bar: bar.close()
     res = sorted(done.values(), key=lambda r: order[r['row'], r['seed']])
     if main: write_outputs(res, out, title)
     return res

@@ -73,7 +73,10 @@ def build_parser()->argparse.ArgumentParser:
     p.add_argument(*flag_names('checkpoint_every'), type=float, metavar='MINUTES', dest='checkpoint_every',
                    help='also write a checkpoint inside an epoch every MINUTES (default: 30); a kill without warning loses at most that')
     p.add_argument(*flag_names('quiet'), action='store_true', help='no per-epoch line on stdout')
-    p.add_argument(*flag_names('tensorboard'), action='store_true', help='also write TensorBoard scalars to OUT/tensorboard (pip install "deliberate_practice[tensorboard]")')
+    p.add_argument(*flag_names('report_to'), action='append', dest='report_to', metavar='{tensorboard,wandb,trackio,mlflow,all,none}',
+                   help='experiment trackers, through accelerate (a comma list, or the flag again): tensorboard into OUT/tensorboard, wandb, trackio, mlflow; '
+                        'all: the installed ones; each gets the config as hyper-parameters and every epoch\'s numbers (default: none)')
+    p.add_argument('--tensorboard', action='append_const', const='tensorboard', dest='report_to', help='the same as --report-to tensorboard')
     return add_config_flags(p)
 
 # %% ../nbs/10_cli.ipynb #7a050d3f
@@ -197,9 +200,10 @@ def _train(cfg:DPConfig, ns, command:list):
     "The run of `dp_train`: check and lock `--out`, then start the run or continue it from wherever it stopped."
     from deliberate_practice.trainer import DPTrainer
     from deliberate_practice.data import dataset_entry
-    from deliberate_practice.store import distributed_state, open_run_folder, plot_curves, CURVES, fault_point
+    from deliberate_practice.store import distributed_state, open_run_folder, plot_curves, CURVES, fault_point, report_to_trackers
     fault_point('start')
-    out, resume, tb, quiet = Path(ns.out), getattr(ns, 'resume', False), getattr(ns, 'tensorboard', False), getattr(ns, 'quiet', False)
+    trackers = report_to_trackers(getattr(ns, 'report_to', None))   # a tracker not installed: one line, before anything is written
+    out, resume, quiet = Path(ns.out), getattr(ns, 'resume', False), getattr(ns, 'quiet', False)
     every = getattr(ns, 'checkpoint_every', 30.)
     if every is not None and not every > 0: raise ValueError(f"checkpoint_every must be a positive number of minutes, got {every}")
     main, started = distributed_state(cfg).is_main_process, resume and DPTrainer.has_run(out)
@@ -211,7 +215,7 @@ def _train(cfg:DPConfig, ns, command:list):
     if main and not quiet: print(f"dp-train: {'resuming' if started else 'starting'} {cfg.dataset} run in {out}: pool {cfg.pool_size:,}, "
                                  f"{cfg.epochs} epochs, model {cfg.model}, device {cfg.device}; loading the generator and data", flush=True)
     cbs = ([] if quiet else [_print_row]) + [_warn_nonfinite, CurvesWriter(out)]
-    kw = dict(callbacks=cbs, tensorboard=tb, progress=console_reporter(quiet or not main) or False, checkpoint_every=every)   # generator and data: the dataset's
+    kw = dict(callbacks=cbs, report_to=trackers, progress=console_reporter(quiet or not main) or False, checkpoint_every=every)   # generator and data: the dataset's
     trainer = DPTrainer.resume(out, **kw) if started else DPTrainer(cfg, out=out, fresh=not resume, command=command, **kw)
     if main and started and not quiet: print(f"dp-train: continuing {_where(trainer)}", flush=True)
     trainer.fit()
@@ -233,7 +237,8 @@ def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
             if getattr(ns, 'threads', None) is not None:
                 if ns.threads < 1: raise ValueError(f"threads must be >= 1, got {ns.threads}")
                 import torch; torch.set_num_threads(ns.threads)
-            if getattr(ns, 'dry_run', None): return _report_dry_run(*dry_run(cfg, ns.out, getattr(ns, 'resume', False), ns.dry_run == 'timed', getattr(ns, 'memory_limit', None)))
+            if getattr(ns, 'dry_run', None): return _report_dry_run(*dry_run(cfg, ns.out, getattr(ns, 'resume', False), ns.dry_run == 'timed', getattr(ns, 'memory_limit', None),
+                                                                       getattr(ns, 'report_to', None)))
             _train(cfg, ns, ['dp-train', *argv])
     except Preempted as e:
         print(f"dp-train: {e}; exiting with status {PREEMPTED_EXIT}: run the same command with --resume to continue", file=sys.stderr, flush=True)
@@ -424,14 +429,14 @@ def generation_cost(cfg:DPConfig,                 # the run
                            for g, p in GPU_PEAK_TFLOPS.items()})
 
 # %% ../nbs/10_cli.ipynb #a752ee45
-def dry_run(cfg:DPConfig, out, resume:bool=False, timed:bool=False, memory_limit_gb:float=None)->tuple:
-    "(plan, problems) of the run `cfg` into `out`: data, Stable Diffusion folder, run folder, devices, then images, steps, memory (and time with `timed`)."
+def dry_run(cfg:DPConfig, out, resume:bool=False, timed:bool=False, memory_limit_gb:float=None, report_to=None)->tuple:
+    "(plan, problems) of the run `cfg` into `out`: data, Stable Diffusion folder, run folder, devices, trackers, then images, steps, memory (and time with `timed`)."
     import torch
     from accelerate import PartialState
     from deliberate_practice.data import dataset_entry
     from deliberate_practice.generators import check_sd_folder, SD_CONFIGS
     from deliberate_practice.generators import build_parts
-    from deliberate_practice.store import CHECKPOINT, RUN_ARTEFACTS
+    from deliberate_practice.store import CHECKPOINT, RUN_ARTEFACTS, report_to_trackers
     problems, out = [], Path(out)
     if out.exists() and not out.is_dir(): problems.append(f"out {out} is a file, not a folder: choose another --out")
     elif not resume and out.is_dir() and any((out / a).exists() for a in RUN_ARTEFACTS): problems.append(f"out {out} already holds a run: pass --resume or choose another --out")
@@ -440,6 +445,8 @@ def dry_run(cfg:DPConfig, out, resume:bool=False, timed:bool=False, memory_limit
     if device_type(cfg.device) == 'cuda':
         if not torch.cuda.is_available(): problems.append(f"device is {cfg.device!r} but torch sees no CUDA GPU here: pass --device cpu, or run where a GPU is visible")
         else: dev.update(gpu=torch.cuda.get_device_name(state.device), gpu_memory_gib=round(torch.cuda.get_device_properties(state.device).total_memory / GIB, 1))
+    try: trackers = report_to_trackers(report_to)
+    except ValueError as e: trackers = None; problems.append(str(e))
     entry, sd_configs = dataset_entry(cfg.dataset), None
     counts, p = entry.check(cfg); problems += p
     if not p and cfg.real_train is not None:                          # real training images must not be in val, test or an extra test set
@@ -451,10 +458,10 @@ def dry_run(cfg:DPConfig, out, resume:bool=False, timed:bool=False, memory_limit
     data = dict(images=counts, n_classes=n_classes) if counts else {}
     if n_classes and (p := pool_size_problem(cfg, n_classes)): problems.append(p)
     if entry.generator == 'stable-diffusion':
-        sd_configs, p = check_sd_folder(cfg.sd_path); problems += p
+        sd_configs, p = check_sd_folder(cfg.sd_path, cfg.variant); problems += p
         if cfg.guidance_decoder and not (Path(cfg.guidance_decoder).expanduser() / 'config.json').exists():
             problems.append(f"guidance_decoder {cfg.guidance_decoder!r} holds no config.json: pass a local AutoencoderTiny folder (e.g. TAESD's)")
-    plan = dict(config=cfg.to_dict(), devices=dev, data=data, **plan_counts(cfg, state.num_processes))
+    plan = dict(config=cfg.to_dict(), devices=dev, trackers=trackers, data=data, **plan_counts(cfg, state.num_processes))
     if n_classes and (sd_configs is None or len(sd_configs) == len(SD_CONFIGS)):
         plan['memory'] = m = estimate_memory(cfg, n_classes, sd_configs, state.num_processes)
         plan['disk_gib'] = disk_needed_gib(cfg, m['classifier_params']); problems += check_disk(cfg, out, m['classifier_params'])
@@ -564,6 +571,8 @@ def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1
         over = [f'{k}={json.dumps(v)}' for k, v in (config_from_file(ns.config) if ns.config else {}).items()] + (ns.overrides or [])
         if ns.initial_pool is not None: over.append(f'initial_pool={json.dumps(str(ns.initial_pool))}')
         kw = dict({k: getattr(ns, k) for k in REPRODUCE_ARGS}, overrides=over or None)
+        if not (ns.quiet or ns.print_config or ns.dry_run or ns.plot):   # the first line at once: the imports below take seconds
+            print(f"dp-reproduce: {ns.scale} into {ns.out}: loading torch and the models", flush=True)
         from deliberate_practice.ablation import reproduce_command
         if not ns.dry_run: return reproduce_command(**kw)
         cfgs = reproduce_command(**kw, return_configs=True)

@@ -83,6 +83,7 @@ class DPConfig:
     digits_generator:str = 'digits_unet'  # digits: the generator's weights, a name in deliberate_practice/weights/ or a file stem (path without suffix)
     data_root:str|None = None     # real images: the ImageNet root (train/, val/), or a folder dataset's root (val/<class>/, test/<class>/)
     sd_path:str|None = None       # Stable Diffusion weights folder in the diffusers layout: SD-1.x or SD-2.x (needed for the ImageNet and folder datasets)
+    variant:str|None = None       # diffusers weight variant of `sd_path`, e.g. 'fp16' for its `*.fp16.safetensors` (None: the plain files)
     prompts:str|None = None       # Stable Diffusion: a JSON file {class folder name: prompt, or a list of prompts used in turn}; it wins over the rest
     lora:str|None = None          # Stable Diffusion: LoRA weights (a diffusers/PEFT .safetensors file or folder) loaded into the UNet and text encoder
     lora_scale:float = 1.0        # the LoRA's weight (0: the unadapted model, exactly)
@@ -167,6 +168,7 @@ def _validate(c:DPConfig):
     need(c.dataset != 'digits' or c.image_size in (None, 8), 'image_size', "None or 8 for dataset 'digits'")
     need(1 <= c.n_steps <= 1000, 'n_steps', 'in [1, 1000]')
     need(c.real_per_class is None or c.real_per_class >= 1, 'real_per_class', '>= 1 or None (all)')
+    need(c.variant is None or re.fullmatch(r'[A-Za-z0-9_-]+', c.variant), 'variant', "a weight-file infix such as 'fp16' (letters, digits, _ or -)")
     need(c.extra_test is None or extra_test_problem(c.extra_test) is None, 'extra_test', f"'NAME=DIR[,NAME=DIR]' ({extra_test_problem(c.extra_test or '')})")
     for f in ('warmup_frac', 'label_smoothing', 'ema_decay'): need(0 <= getattr(c, f) < 1, f, 'in [0, 1)')
     need(0 <= c.decay_frac <= 1 - c.warmup_frac, 'decay_frac', f'in [0, 1 - warmup_frac = {1 - c.warmup_frac:g}]')
@@ -198,7 +200,10 @@ PRESETS = {'digits': {},                                                    # th
            'imagenet1k': dict(_IMAGENET, dataset='imagenet1k', pool_size=650_000, lr=1.6e-3, batch_size=4096, device_batch_size=128,
                               epochs=_epochs(100_000, 650_000, 4096)),
            'folder': dict(_IMAGENET, dataset='folder', pool_size=13_000, lr=1.5e-3, batch_size=256, device_batch_size=64, ema_decay=0.99,
-                          epochs=100, prompt_template='a photo of a {name}')}   # your own classes: see the table
+                          epochs=100, prompt_template='a photo of a {name}'),  # your own classes: see the table
+           'folder-cpu': dict(_IMAGENET, dataset='folder', device='cpu', mixed_precision='no', model='resnet18', image_size=128, pool_size=40,
+                              n_steps=10, gen_batch_size=4, guidance_batch_size=1, batch_size=16, device_batch_size=None, lr=1e-3, num_workers=0,
+                              epochs=10, patience=2, mixup=0.0, cutmix=0.0, ema_decay=0.0, prompt_template='a photo of a {name}')}  # a CPU check of a folder run end to end, not an experiment
 
 
 # %% ../nbs/00_config.ipynb #c7abc15f

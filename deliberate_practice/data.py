@@ -339,12 +339,15 @@ def check_folder(root,                                   # a folder dataset (see
 # %% ../nbs/03_data.ipynb #56ca355e
 def folder_splits(root,                # a folder dataset (see `folder_classes`)
                   image_size:int=224,  # side of the square output images
+                  real_train:str=None, # the run's `real_train`: a train/ folder it does not name is not read, and says so
                  )->dict:              # dict(val=..., test=...) ImageFolders with labels in `folder_classes` order; no `test` without a test/ folder
     "The real splits of a folder dataset, after `check_folder` found no problem."
     root = Path(root).expanduser()
     counts, problems = check_folder(root)
     if problems: raise ValueError(problems[0] + (f" (and {len(problems) - 1} more problem(s): `dp-train --dry-run` lists them all)" if len(problems) > 1 else ''))
     names = folder_classes(root)[0]
+    if (root / 'train').is_dir() and real_train is None:
+        warnings.warn(f"data_root {str(root)!r} has a train/ folder, which the run does not read (it trains on generated images): pass --real-train {root}/train to mix them in")
     if 'test' not in counts: warnings.warn(f"data_root {str(root)!r} has no test/ folder: the run reports val accuracy only (put held-out images in {root}/test/<class>/ for a test score)")
     return {s: WnidImageFolder(root / s, names, transform=_transform(image_size, False), loader=_read_image) for s in counts}
 
@@ -441,7 +444,7 @@ for _name, _wnids in IMAGENET_SUBSETS.items():
                                   splits=lambda cfg, image_size, n=_name: imagenet_splits(cfg.data_root, n, image_size),
                                   check=lambda cfg, w=_wnids: check_imagenet(cfg.data_root, w), folders=lambda cfg, w=_wnids: w))
 register_dataset(DatasetEntry('folder', classes=lambda cfg: folder_classes(cfg.data_root, cfg.prompt_template),
-                              splits=lambda cfg, image_size: folder_splits(cfg.data_root, image_size), check=lambda cfg: check_folder(cfg.data_root)))
+                              splits=lambda cfg, image_size: folder_splits(cfg.data_root, image_size, cfg.real_train), check=lambda cfg: check_folder(cfg.data_root)))
 
 # %% ../nbs/03_data.ipynb #dd6872ff
 def _loader(channels:int):

@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['NULL_LABEL', 'DIGITS_SCHEDULE', 'DIGITS_UNET_CONFIG', 'DIGITS_TRAINING', 'DIGITS_WEIGHTS', 'SD_SUBFOLDERS',
-           'SD_CONFIGS', 'DRIVEN', 'GENERATOR_LOADERS', 'Generator', 'initial_noise', 'DiffusionGenerator',
-           'digits_unet', 'train_digits_generator', 'digits_weights', 'save_digits_unet', 'DigitsGenerator',
-           'load_digits_generator', 'prompt_table', 'StableDiffusionGenerator', 'unsupported_sd', 'check_sd_folder',
-           'tiny_sd_components', 'tiny_taesd', 'load_adapters', 'build_parts']
+           'SD_CONFIGS', 'DRIVEN', 'SD_WEIGHTS', 'GENERATOR_LOADERS', 'Generator', 'initial_noise',
+           'DiffusionGenerator', 'digits_unet', 'train_digits_generator', 'digits_weights', 'save_digits_unet',
+           'DigitsGenerator', 'load_digits_generator', 'prompt_table', 'StableDiffusionGenerator', 'unsupported_sd',
+           'weight_names', 'sd_weights', 'weight_variants', 'weight_problems', 'check_sd_folder', 'tiny_sd_components',
+           'tiny_taesd', 'load_adapters', 'build_parts']
 
 # %% ../nbs/05_generators.ipynb #26f787d4
 import hashlib
@@ -107,7 +108,7 @@ class DiffusionGenerator:
 
 # %% ../nbs/05_generators.ipynb #40f17e72
 NULL_LABEL = 10
-DIGITS_SCHEDULE = dict(n_train_steps=1000, schedule='squaredcos_cap_v2')   # the digits UNet's noise schedule (calibration.md): `alpha_bars(**DIGITS_SCHEDULE)`
+DIGITS_SCHEDULE = dict(n_train_steps=1000, schedule='squaredcos_cap_v2')   # the digits UNet's noise schedule (the digits calibration run made before this package): `alpha_bars(**DIGITS_SCHEDULE)`
 DIGITS_UNET_CONFIG = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64, 64),
                           down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                           up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), num_class_embeds=11, norm_num_groups=32)
@@ -122,7 +123,7 @@ def _seeded(seed, make):
 # %% ../nbs/05_generators.ipynb #3e017d7e
 def digits_unet(seed:int=0, # seed of the random initial weights
                )->UNet2DModel: # untrained class-conditional UNet of `DIGITS_UNET_CONFIG`
-    "The digits generator's UNet (calibration.md), randomly initialised."
+    "The digits generator's UNet (the digits calibration run made before this package), randomly initialised."
     return _seeded(seed, lambda: UNet2DModel(**DIGITS_UNET_CONFIG))
 
 # %% ../nbs/05_generators.ipynb #2c9417ed
@@ -388,9 +389,56 @@ def unsupported_sd(path, configs:dict)->str|None:
         return (f"{p}: its UNet takes {u.get('in_channels')} input channels and its VAE makes {v.get('latent_channels')}-channel latents (an inpainting, "
                 f"depth or upscaling model), which the package cannot drive: use {DRIVEN}")
 
+# %% ../nbs/05_generators.ipynb #4e1a7a1f
+SD_WEIGHTS = dict(unet=('diffusion_pytorch_model',) * 2, vae=('diffusion_pytorch_model',) * 2,
+                  text_encoder=('model', 'pytorch_model'))   # the components with weights: their file stems (safetensors, .bin)
+
+def weight_names(comp:str,          # 'unet', 'vae' or 'text_encoder'
+                 variant:str=None,  # a weight variant such as 'fp16' (None: the plain files)
+                )->list:            # safetensors, its shard index, .bin, its shard index
+    "The weight files diffusers (transformers for the text encoder) looks for in `comp/`, in its order of preference."
+    add = lambda n: n if variant is None else '.'.join(n.split('.')[:-1] + [variant, n.split('.')[-1]])
+    st, pt = SD_WEIGHTS[comp]
+    return [add(n) for n in (f'{st}.safetensors', f'{st}.safetensors.index.json', f'{pt}.bin', f'{pt}.bin.index.json')]
+
+# %% ../nbs/05_generators.ipynb #52b3d6e8
+def sd_weights(path,              # a diffusers Stable Diffusion folder
+               variant:str=None,  # a weight variant such as 'fp16' (None: the plain files)
+              )->dict:            # {component: its weight file relative to `path`, or None}, for each component folder present
+    "The weight file each of unet/, vae/, text_encoder/ loads: with `variant`, its variant file where it has one, else its plain one (diffusers' rule)."
+    path = Path(path)
+    first = lambda c, v: next((f'{c}/{n}' for n in weight_names(c, v) if (path / c / n).is_file()), None)
+    return {c: (variant and first(c, variant)) or first(c, None) for c in SD_WEIGHTS if (path / c).is_dir()}
+
+# %% ../nbs/05_generators.ipynb #4e33194b
+def weight_variants(path)->dict:
+    "{component: {variant: its weight file}} of the variant weight files in `path` (e.g. {'unet': {'fp16': 'unet/diffusion_pytorch_model.fp16.safetensors'}})."
+    path, out = Path(path), {}
+    for c in SD_WEIGHTS:
+        names = [f.name.split('.') for f in (path / c).iterdir()] if (path / c).is_dir() else []
+        vs = sorted({p[1] if len(p) == 3 else p[3] for p in names if len(p) in (3, 5)})
+        out[c] = {v: f for v in vs if (f := next((f'{c}/{n}' for n in weight_names(c, v) if (path / c / n).is_file()), None))}
+    return out
+
+# %% ../nbs/05_generators.ipynb #3e7ed28d
+def weight_problems(path, variant:str=None)->list:
+    "One line per problem with the weight files of unet/, vae/, text_encoder/ (`variant`'s where a component has them), naming the files."
+    path, found, have = Path(path), sd_weights(path, variant), weight_variants(path)
+    if variant and found and not any(variant in have[c] for c in found):
+        held = sorted({v for c in found for v in have[c]})
+        fix = 'drop --variant to load its plain weights' if all(found.values()) else f"pass --variant {held[0]}" if held else 're-copy the weights'
+        return [f"sd_path {str(path)!r} has no {variant} weights ({', '.join(f'{c}/{weight_names(c, variant)[0]}' for c in found)}): {fix}"]
+    missing = [c for c, f in found.items() if f is None]
+    only = sorted(set.intersection(*[set(have[c]) for c in missing])) if missing and variant is None else []
+    if only: return [f"sd_path {str(path)!r} has only {only[0]} weights ({', '.join(have[c][only[0]] for c in missing)}): pass --variant {only[0]}"]
+    look = lambda c: weight_names(c, variant)[::2] + (weight_names(c)[::2] if variant else [])
+    return [f"{path / c} holds no weights (none of {', '.join(look(c))}): re-copy the {c} component" for c in missing]
+
 # %% ../nbs/05_generators.ipynb #e1c058d9
-def check_sd_folder(path)->tuple:
-    "(the components' configs, problems) of a diffusers Stable Diffusion folder: each component present, each config readable JSON, a model the package can drive."
+def check_sd_folder(path,             # the folder `from_pretrained` would read
+                    variant:str=None, # the weight variant it would load, e.g. 'fp16' (None: the plain files)
+                   )->tuple:          # (the components' configs, one line per problem)
+    "A diffusers Stable Diffusion folder's index, components, configs (readable JSON, a model the package can drive) and weight files."
     path, cfgs, problems = Path(path).expanduser(), {}, []
     if not path.is_dir(): return cfgs, [f"sd_path {str(path)!r} is not a folder: pass a local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)"]
     why = unsupported_sd(path, {})
@@ -400,11 +448,13 @@ def check_sd_folder(path)->tuple:
         if not (path / comp).is_dir(): problems.append(f"{path} has no {comp}/ folder: the Stable Diffusion folder is incomplete"); continue
         try: cfgs[comp] = json.loads(f.read_text())
         except (OSError, ValueError) as e: problems.append(f"{f} cannot be read as JSON ({type(e).__name__}): re-copy the {comp} component")
+    if not (path / 'model_index.json').is_file():
+        problems.append(f"{path} has no model_index.json (diffusers' index of the pipeline's parts): copy it from the model's repository")
     why = unsupported_sd(path, cfgs)
-    return cfgs, problems + ([why] if why else [])
+    return cfgs, problems + ([why] if why else []) + weight_problems(path, variant)
 
 # %% ../nbs/05_generators.ipynb #430bde9b
-def _resolve_model_dir(path_or_id, local_files_only=True):
+def _resolve_model_dir(path_or_id, local_files_only=True, variant=None):
     "A local folder with the SD components, from a path or a cached Hub id."
     p = Path(path_or_id).expanduser()
     if not p.is_dir():
@@ -420,7 +470,7 @@ def _resolve_model_dir(path_or_id, local_files_only=True):
     why = unsupported_sd(p, {})
     if why: raise ValueError(why)
     if missing: raise FileNotFoundError(f"{p} lacks the diffusers subfolders {missing}; expected {list(SD_SUBFOLDERS)}")
-    _, problems = check_sd_folder(p)
+    _, problems = check_sd_folder(p, variant)
     if problems: raise ValueError(problems[0])
     return str(p)
 
@@ -437,23 +487,28 @@ def from_pretrained(cls:StableDiffusionGenerator,
                     image_size:int=None,             # None: the model's native size
                     gradient_checkpointing:bool=False, # checkpoint the guidance view's decoder
                     guidance_decoder=None,           # `AutoencoderTiny` or its local folder (e.g. TAESD's), for the guidance view only
+                    variant:str=None,                # diffusers weight variant, e.g. 'fp16' for `*.fp16.safetensors` (None: the plain files)
                     **kwargs,                        # prompts, negative_prompt, classifier_size
                    )->StableDiffusionGenerator:
-    "Build a `StableDiffusionGenerator` from saved diffusers components."
-    from transformers import CLIPTextModel, CLIPTokenizer
+    "Build a `StableDiffusionGenerator` from a saved diffusers pipeline: diffusers' `StableDiffusionPipeline.from_pretrained`, then its parts."
+    from diffusers import StableDiffusionPipeline, __version__ as diffusers_version
+    from diffusers.utils import logging as df_logging
     from transformers.utils import logging as hf_logging
-    root = _resolve_model_dir(path_or_id, local_files_only)
+    from packaging.version import Version
+    root = _resolve_model_dir(path_or_id, local_files_only, variant)
     device, dtype = _device_and_dtype(device, dtype)
-    kw, bar = dict(local_files_only=local_files_only), hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()             # a local load takes seconds: no "Loading weights" bar on stderr, where a CLI's errors go
-    try:
-        comps = (UNet2DConditionModel.from_pretrained(root, subfolder='unet', torch_dtype=dtype, **kw),
-                 AutoencoderKL.from_pretrained(root, subfolder='vae', torch_dtype=dtype, **kw),
-                 CLIPTextModel.from_pretrained(root, subfolder='text_encoder', dtype=dtype, **kw),
-                 CLIPTokenizer.from_pretrained(root, subfolder='tokenizer', **kw), DDIMScheduler.from_pretrained(root, subfolder='scheduler', **kw))
+    st = ['.safetensors' in f for f in sd_weights(root, variant).values()] if Path(root).is_dir() else []
+    kw = dict(variant=variant, local_files_only=local_files_only, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+              use_safetensors=True if st and all(st) else False if st and not any(st) else None,   # mixed: diffusers tries safetensors, then .bin
+              scheduler=DDIMScheduler.from_pretrained(root, subfolder='scheduler', local_files_only=local_files_only),   # its config, read as DDIM's
+              **{'dtype' if Version(diffusers_version) >= Version('0.40') else 'torch_dtype': dtype})   # diffusers 0.40 renamed it
+    bars = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar(); df_logging.disable_progress_bar()   # a local load takes seconds: no bars on stderr, where a CLI's errors go
+    try: pipe = StableDiffusionPipeline.from_pretrained(root, **kw)
     finally:
-        if bar: hf_logging.enable_progress_bar()
-    return cls(*comps, class_names, prompt_template=prompt_template, image_size=image_size, dtype=dtype, device=device,
+        if bars[0]: hf_logging.enable_progress_bar()
+        if bars[1]: df_logging.enable_progress_bar()
+    return cls(*(getattr(pipe, k) for k in SD_SUBFOLDERS), class_names, prompt_template=prompt_template, image_size=image_size, dtype=dtype, device=device,
                attention_slicing=attention_slicing, gradient_checkpointing=gradient_checkpointing, guidance_decoder=guidance_decoder, **kwargs)
 
 # %% ../nbs/05_generators.ipynb #ea0d69bf
@@ -561,7 +616,8 @@ def _digits_generator(cfg, class_names, prompts, device):
 # %% ../nbs/05_generators.ipynb #d935025b
 def _sd_generator(cfg, class_names, prompts, device):
     gen = StableDiffusionGenerator.from_pretrained(cfg.sd_path, class_names, prompts=prompts, classifier_size=cfg.image_size, device=device,
-                                                   gradient_checkpointing=cfg.gradient_checkpointing, guidance_decoder=cfg.guidance_decoder)
+                                                   gradient_checkpointing=cfg.gradient_checkpointing, guidance_decoder=cfg.guidance_decoder,
+                                                   variant=cfg.variant)
     return load_adapters(gen, cfg.lora, cfg.lora_scale, cfg.textual_inversion)
 
 # %% ../nbs/05_generators.ipynb #1303ba2b

@@ -4,14 +4,16 @@
 
 # %% auto #0
 __all__ = ['UMASK', 'INDEX', 'FORMAT', 'PROVENANCE', 'CHECKPOINT', 'HISTORY', 'HISTORY_CSV', 'FINAL', 'TENSORBOARD', 'MODEL',
-           'CURVES', 'LOCK', 'RUN', 'RUN_ARTEFACTS', 'PREEMPT_SIGNALS', 'PREEMPTED_EXIT', 'atomic_write', 'write_text',
-           'as_float', 'to_uint8', 'MemoryStore', 'ShardStore', 'read_index', 'fresh_dir', 'new_shard_store',
-           'open_shards', 'store_state', 'store_from_state', 'link_or_copy', 'save_store', 'load_store', 'provenance',
-           'LabelledImages', 'rank_world', 'process_slice', 'gather_cat', 'reporter', 'scratch_name', 'load_part',
-           'save_part', 'distributed_state', 'run_device', 'make_accelerator', 'module_device_dtype', 'derive_seed',
-           'seeded', 'numpy_rng_state', 'set_numpy_rng_state', 'read_checkpoint', 'convert_checkpoint', 'history_csv',
-           'tensorboard_callback', 'plot_curves', 'open_run_folder', 'release_run_folder', 'Preempted', 'signal_name',
-           'preemptible', 'agree', 'preempt_requested', 'fault_point', 'note_sampled']
+           'CURVES', 'TRACKERS', 'TRACKING_PROJECT', 'LOCK', 'RUN', 'RUN_ARTEFACTS', 'PREEMPT_SIGNALS',
+           'PREEMPTED_EXIT', 'atomic_write', 'write_text', 'as_float', 'to_uint8', 'MemoryStore', 'ShardStore',
+           'read_index', 'fresh_dir', 'new_shard_store', 'open_shards', 'store_state', 'store_from_state',
+           'link_or_copy', 'save_store', 'load_store', 'provenance', 'LabelledImages', 'rank_world', 'process_slice',
+           'gather_cat', 'reporter', 'scratch_name', 'load_part', 'save_part', 'distributed_state', 'run_device',
+           'make_accelerator', 'module_device_dtype', 'derive_seed', 'seeded', 'numpy_rng_state', 'set_numpy_rng_state',
+           'read_checkpoint', 'convert_checkpoint', 'history_csv', 'installed_trackers', 'report_to_trackers',
+           'hparams', 'epoch_metrics', 'tracking', 'read_tensorboard', 'plot_curves', 'open_run_folder',
+           'release_run_folder', 'Preempted', 'signal_name', 'preemptible', 'agree', 'preempt_requested', 'fault_point',
+           'note_sampled']
 
 # %% ../nbs/06_store.ipynb #790618fe
 import atexit, csv, errno, glob, io, json, math, os, random, re, signal, socket, sys, time, uuid, zipfile
@@ -630,13 +632,22 @@ def run_device(cfg:DPConfig)->torch.device:
     return torch.device(cfg.device) if state.num_processes == 1 or torch.device(cfg.device).type == 'cpu' else state.device
 
 # %% ../nbs/06_store.ipynb #b2db333d
-def make_accelerator(cfg:DPConfig)->Accelerator:
-    "The run's `Accelerator` (one process too): data-parallel wrapping, `cfg.mixed_precision`, loader sharding with the global batch split."
-    state, shared = distributed_state(cfg), AcceleratorState._shared_state
-    if shared and shared.get('_mixed_precision') != cfg.mixed_precision and state.num_processes == 1:
-        AcceleratorState._reset_state()                      # one process, another precision: accelerate's state is per process, start it afresh
+def make_accelerator(cfg:DPConfig,        # the run's configuration
+                     log_with:list=None,  # accelerate trackers (`report_to_trackers`), started by `tracking`
+                     logging_dir=None,    # where TensorBoard writes, as `logging_dir/TRACKING_PROJECT` (the trainer's `out/tensorboard`)
+                    )->Accelerator:
+    "The run's `Accelerator` (one process too): data-parallel wrapping, `cfg.mixed_precision`, loader sharding with the global batch split, trackers."
+    from accelerate.state import is_initialized
+    state = distributed_state(cfg)
+    if is_initialized() and AcceleratorState().mixed_precision != cfg.mixed_precision and state.num_processes == 1:
+        # accelerate has no public way to change a process's precision: AcceleratorState is a per-process singleton fixed by the
+        # first Accelerator(), another mixed_precision raises "AcceleratorState has already been initialized and cannot be changed,
+        # restart your runtime", and only the private _reset_state clears it (as accelerate's AccelerateTestCase and transformers'
+        # TrainingArguments do). One process, another precision (a notebook, dp-reproduce's rows, the tests): start it afresh.
+        AcceleratorState._reset_state()
     return Accelerator(cpu=torch.device(cfg.device).type == 'cpu', mixed_precision=cfg.mixed_precision, device_placement=False,
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+                       dataloader_config=DataLoaderConfiguration(split_batches=True), log_with=log_with or None, project_dir=logging_dir)
+
 
 # %% ../nbs/06_store.ipynb #7bfc43ce
 def module_device_dtype(model)->tuple:
@@ -717,43 +728,117 @@ def history_csv(history:list)->str:
         w = csv.DictWriter(f, list(history[0]), lineterminator='\n'); w.writeheader(); w.writerows(history)
     return f.getvalue()
 
-# %% ../nbs/06_store.ipynb #19ef4781
-def tensorboard_callback(logdir)->callable:
-    "A callback writing each epoch's row as TensorBoard scalars to `logdir`; None (with a message on stderr) if tensorboard is not installed."
-    try: from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        print(f"dp-train: warning: tensorboard skipped, {e} (pip install tensorboard for TensorBoard scalars; history.csv has the same numbers)", file=sys.stderr)
-        return None
-    writer = SummaryWriter(str(logdir))
-    def log(trainer, row):
-        for k, v in row.items():
-            if k != 'epoch' and v is not None: writer.add_scalar(k, v, row['epoch'])   # None: not scored this epoch (test_every)
-        writer.flush()
-    return log
+# %% ../nbs/06_store.ipynb #9010a953
+TRACKERS = ('tensorboard', 'wandb', 'trackio', 'mlflow')   # `report_to` names (HF `TrainingArguments.report_to`'s), besides 'all' and 'none'
+TRACKING_PROJECT = 'deliberate_practice'                   # the project (wandb, trackio), experiment (mlflow), folder in out/tensorboard
+
+def installed_trackers()->list:
+    "The `TRACKERS` whose package imports here (accelerate's own check)."
+    from accelerate.tracking import get_available_trackers
+    return [t for t in TRACKERS if t in {str(a) for a in get_available_trackers()}]   # accelerate's LoggerType members
+
+# %% ../nbs/06_store.ipynb #92aafc6c
+def report_to_trackers(report_to,         # 'tensorboard', 'wandb,mlflow', 'all', 'none', a list of such, or None (none)
+                       installed:list=None # the installed trackers (None: `installed_trackers()`)
+                      )->list:             # tracker names for `make_accelerator`
+    "The trackers `report_to` names, each checked to be installed (a one-line ValueError with its pip install); 'all': the installed ones."
+    names = [n.strip() for s in ([report_to] if isinstance(report_to, str) else report_to or ()) for n in s.split(',') if n.strip()]
+    installed = installed_trackers() if installed is None else list(installed)
+    if bad := [n for n in names if n not in TRACKERS + ('all', 'none')]:
+        raise ValueError(f"report_to must be among {', '.join(TRACKERS + ('all', 'none'))} (a comma list), got {bad[0]!r}")
+    if 'none' in names and set(names) != {'none'}: raise ValueError(f"report_to none turns tracking off: it cannot be given with {', '.join(sorted(set(names) - {'none'}))}")
+    if 'all' in names:
+        if not installed:
+            import warnings
+            warnings.warn(f"--report-to all: none of {', '.join(TRACKERS)} is installed: the run reports to no tracker")
+        return installed
+    for n in names:
+        if n != 'none' and n not in installed: raise ValueError(f"--report-to {n} needs the {n} package: pip install {n}")
+    return list(dict.fromkeys(n for n in names if n != 'none'))
+
+# %% ../nbs/06_store.ipynb #ca07cc2c
+def hparams(cfg:DPConfig)->dict:
+    "`cfg` as hyper-parameters every tracker takes (bool, int, float, str): other values as `str(v)` (`None` -> `'None'`)."
+    return {k: v if type(v) in (bool, int, float, str) else str(v) for k, v in cfg.to_dict().items()}
+
+# %% ../nbs/06_store.ipynb #53b360ef
+def epoch_metrics(row:dict,          # the epoch's row of `history.jsonl`
+                  refresh:dict=None,  # the record of the refresh after it (`Pool.refresh`), if one ran
+                 )->dict:
+    "What the trackers log for an epoch: the row's numbers (None: not scored this epoch, no point), the refresh's as `refresh/...`."
+    return ({k: v for k, v in row.items() if k != 'epoch' and v is not None}
+            | {f'refresh/{k}': v for k, v in (refresh or {}).items() if type(v) in (int, float)})   # not its index tensors
+
+# %% ../nbs/06_store.ipynb #a2a673a9
+@contextmanager
+def tracking(acc:Accelerator,      # `make_accelerator(cfg, trackers, logging_dir)`
+             config:dict,          # the hyper-parameters (`hparams(cfg)`)
+             run_name:str=None,    # the run's name in wandb, trackio, mlflow (the run folder's)
+             first_step:int=1):    # the first step (epoch) this session logs: TensorBoard drops earlier sessions' points from there on
+    "`acc`'s trackers started with `config` for the block, finished after it."
+    acc.init_trackers(TRACKING_PROJECT, config, init_kwargs=dict(tensorboard=dict(purge_step=first_step), wandb=dict(name=run_name),
+                                                                 trackio=dict(name=run_name), mlflow=dict(run_name=run_name)))
+    try: yield acc
+    finally:
+        for t in acc.trackers: t.finish()
+        acc.trackers.clear()
+
+# %% ../nbs/06_store.ipynb #5e5ded35
+def read_tensorboard(logdir)->tuple:
+    "({tag: [(step, value)]}, {hyper-parameter: value}) of every TensorBoard run under `logdir` (`add_hparams` writes a run of its own)."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    from contextlib import suppress
+    scalars, hp = {}, {}
+    for d in sorted({p.parent for p in Path(logdir).rglob('events.out.tfevents.*')}):
+        ea = EventAccumulator(str(d)); ea.Reload()      # purges what a resumed run's `purge_step` hides, as TensorBoard does
+        for t in ea.Tags()['scalars']: scalars.setdefault(t, []).extend((e.step, e.value) for e in ea.Scalars(t))
+        with suppress(KeyError):                        # KeyError: a run without hyper-parameters
+            for c in ea.PluginTagToContent('hparams').values():
+                hp.update({k: getattr(v, v.WhichOneof('kind')) for k, v in HParamsPluginData.FromString(c).session_start_info.hparams.items()})
+    return scalars, hp
 
 # %% ../nbs/06_store.ipynb #fe083be7
 def plot_curves(history:list,   # rows of `history.jsonl`
                 path=None,      # write a PNG there (atomically); None: return the figure
+                title:str=None, # names the run in the figure's title (default: the folder `path` is in)
                ):
-    "Val/test accuracy and pool entropy of a run against epochs and against images generated."
-    import matplotlib
+    "Val/test accuracy and pool entropy of a run against epochs, and per pool against the images generated before it."
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
     h = {k: [r.get(k) for r in history] for k in ('epoch', 'n_generated', 'val_acc', 'test_acc', 'pool_entropy', 'refreshes')}
-    fig = Figure(figsize=(10, 5.5)); axs = fig.subplots(2, 2, sharex='col')
-    for col, x in enumerate(('epoch', 'n_generated')):
-        tested = [(a, t) for a, t in zip(h[x], h['test_acc']) if t is not None]
-        axs[0, col].plot(h[x], h['val_acc'], '-', label='real val')
-        axs[0, col].plot(*zip(*tested), 'o-' if len(tested) < len(h[x]) else '-', label='real test') if tested else None
-        for k in [k for k in (history[0] if history else {}) if k.startswith('extra_')]:      # extra test sets, scored with the test split
-            pts = [(a, r[k]) for a, r in zip(h[x], history) if r.get(k) is not None]
-            if pts: axs[0, col].plot(*zip(*pts), 'o--' if len(pts) < len(h[x]) else '--', label=k[6:-4])
-        axs[1, col].plot(h[x], h['pool_entropy'], '-', color='C2')
-        for e, a, b in zip(h[x][1:], h['refreshes'], h['refreshes'][1:]):
-            if b > a:
-                for ax in axs[:, col]: ax.axvline(e, color='gray', lw=0.5, ls=':')
-        axs[1, col].set_xlabel('epoch' if x == 'epoch' else 'images generated')
-    axs[0, 0].set_ylabel('accuracy'); axs[1, 0].set_ylabel('pool entropy (nats)'); axs[0, 0].legend(fontsize=8)
-    axs[0, 0].set_title('dotted: refreshes', fontsize=8, loc='left')
+    seen = h['n_generated'][:1] + h['n_generated'][:-1]          # epoch e trained on the pool made before its refresh
+    extras = [k for k in (history[0] if history else {}) if k.startswith('extra_')]
+    def per_pool(ys):                                             # (x, y): each distinct x once, with its last epoch's score
+        last = {x: y for x, y in zip(seen, ys) if y is not None}
+        return list(last), list(last.values())
+    fig = Figure(figsize=(10, 6)); axs = fig.subplots(2, 2, sharex='col')
+    rs = ([n or 0 for n in h['refreshes']] if any(n is not None for n in h['refreshes'])     # without the field (`results.json`'s): a refresh
+          else [sum(b > a for a, b in zip(h['n_generated'], h['n_generated'][1:i + 1])) for i in range(len(history))])  # where images were added
+    refresh_at = [e for e, a, b in zip(h['epoch'], [0] + rs, rs) if b > a]
+    series = [(0, 'val_acc', 'real val', 'C0'), (0, 'test_acc', 'real test', 'C1')] + [(0, k, k[6:-4], f'C{i + 3}') for i, k in enumerate(extras)]
+    for row, k, label, c in series + [(1, 'pool_entropy', 'pool entropy', 'C2')]:
+        ys = [r.get(k) for r in history]
+        pts = [(e, y) for e, y in zip(h['epoch'], ys) if y is not None]
+        if pts: axs[row, 0].plot(*zip(*pts), 'o-' if len(pts) < len(ys) else '-', color=c, label=label, ms=3)
+        xs, ys = per_pool(ys)
+        if xs: axs[row, 1].step(xs, ys, where='post', marker='o', color=c, label=label, ms=4)
+    for e in refresh_at:
+        for ax in axs[:, 0]: ax.axvline(e + 0.5, color='gray', lw=0.6, ls=':')
+    for x in sorted(set(seen))[1:]:
+        for ax in axs[:, 1]: ax.axvline(x, color='gray', lw=0.6, ls=':')
+    static = len(set(seen)) <= 1
+    for ax in axs.flat: ax.ticklabel_format(axis='y', useOffset=False)
+    axs[1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axs[1, 1].set_xlim(0, 1.05 * max(seen + [1]))   # [1]: a real-data run generates none
+    axs[1, 0].set_xlabel('epoch'); axs[1, 1].set_xlabel('images generated before the epoch (initial pool included)')
+    axs[0, 0].set_ylabel('accuracy'); axs[1, 0].set_ylabel('mean classifier entropy\nof the pool (nats)'); axs[0, 0].legend(fontsize=8)
+    axs[0, 0].set_title('every epoch; dotted: a refresh', fontsize=9, loc='left')
+    if all(e is None for e in h['pool_entropy']):
+        for ax in axs[1]: ax.text(0.5, 0.5, 'pool entropy not recorded in this history', ha='center', va='center', transform=ax.transAxes, color='gray')
+    axs[0, 1].set_title('one pool (no refresh): its last epoch' if static else "each pool's last epoch; dotted: a refresh", fontsize=9, loc='left')
+    name = title if title is not None else Path(path).parent.name if path is not None else 'run'
+    fig.suptitle(f"{name}: {len(history)} epochs, {(r := max(rs, default=0))} refresh{'es' * (r != 1)}, {max(h['n_generated'], default=0):,} images generated")
     fig.tight_layout()
     if path is None: return fig
     atomic_write(path, lambda p: fig.savefig(p, format='png', dpi=100))

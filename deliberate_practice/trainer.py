@@ -29,7 +29,7 @@ from .models import accuracy
 from .data import dataset_entry, balanced_labels, as_dataset, real_train_split, extra_test_split
 from .generators import build_parts
 from .store import (derive_seed, seeded, atomic_write, write_text, distributed_state, run_device, make_accelerator, numpy_rng_state, set_numpy_rng_state,
-                                       read_checkpoint, history_csv, tensorboard_callback, open_run_folder, release_run_folder, plot_curves,
+                                       read_checkpoint, history_csv, report_to_trackers, hparams, epoch_metrics, tracking, open_run_folder, release_run_folder, plot_curves,
                                        CHECKPOINT, HISTORY, HISTORY_CSV, FINAL, TENSORBOARD, MODEL, CURVES, INDEX, RUN,
                                        Preempted, preemptible, preempt_requested, agree, fault_point)
 
@@ -130,12 +130,15 @@ class DPTrainer:
                  out=None,                      # folder for checkpoint.pt, history.jsonl, final.json (None: nothing written)
                  progress=False,                # True: fastprogress bars and a live plot; a reporter factory `(total, desc) -> update(n)`: e.g. log lines
                  callbacks=(),                  # functions `cb(trainer, row)` called after each epoch (on the main process)
-                 tensorboard:bool=False,        # also write TensorBoard scalars to `out/tensorboard` (if tensorboard is installed)
+                 report_to=None,                # experiment trackers: 'tensorboard' (into `out/tensorboard`), 'wandb', 'trackio', 'mlflow', 'all', a comma list
                  fresh:bool=True,               # `out` must hold no earlier run (False: this trainer continues the run in it)
                  command:list=None,             # the command line that started the run, recorded in `out/run.json`
                  checkpoint_every:float=30.,    # minutes between checkpoints inside an epoch (None: only at epoch ends and before refreshes)
                  initial_pool=None):            # a pool folder to start from (None: `cfg.initial_pool`; a shared pool of `dp-reproduce`)
-        self.dist, self.acc = distributed_state(cfg), make_accelerator(cfg)      # bound to this process's device before any model is built
+        trackers = report_to_trackers(report_to)                                 # a tracker not installed: one line, before anything is written
+        if 'tensorboard' in trackers and out is None: raise ValueError("report_to tensorboard writes into out/tensorboard: pass out=FOLDER")
+        self.dist = distributed_state(cfg)                                       # bound to this process's device before any model is built
+        self.acc = make_accelerator(cfg, trackers, out and Path(out) / TENSORBOARD)
         self.world, self.is_main = self.dist.num_processes, self.dist.is_main_process
         recorded = out is not None and self.is_main and (open_run_folder(out, fresh) and record_run(out, cfg, command))   # before anything is loaded
         self.per_process, self.micro_batch, self.accum_steps = process_batches(cfg, self.world)   # the global batch, however many processes
@@ -149,7 +152,6 @@ class DPTrainer:
             self.model = model.to(self.device)
             self._build_optim()
             self.train_model, self.opt = self.acc.prepare(self.model, self.opt)   # one process: the model itself (autocast under mixed precision); several: DDP
-            if tensorboard and self.out is not None and self.is_main: self.callbacks += [c for c in [tensorboard_callback(self.out / TENSORBOARD)] if c]
         except BaseException:
             if recorded: (Path(out) / RUN).unlink(missing_ok=True)          # a run that could not start leaves no record: fix the flags, run again
             raise
@@ -398,10 +400,12 @@ NONFINITE_KEYS = ('n_nonfinite', 'n_guided', 'n_nonfinite_scores')   # per refre
 def fit(self:DPTrainer, stop_after:int=None, # stop after this many more epochs (to test resume); None = run to `cfg.epochs`
        )->dict:                               # `final()`
     "Train until `cfg.epochs` (or `stop_after` more epochs), checkpointing every epoch; SIGTERM/SIGUSR1 save and raise `Preempted`."
-    if self.out is None: return self._fit(stop_after)
+    track = tracking(self.acc, hparams(self.cfg), self.out and self.out.name, self.epoch + 1)   # the trackers, from the next epoch on
+    if self.out is None:
+        with track: return self._fit(stop_after)
     if self.is_main: open_run_folder(self.out, fresh=False)          # (re)takes the lock: one writer per run folder
     try:
-        with preemptible(): return self._fit(stop_after)
+        with preemptible(), track: return self._fit(stop_after)
     finally:
         if self.is_main: release_run_folder(self.out)
 
@@ -443,6 +447,7 @@ def _fit(self:DPTrainer, stop_after:int=None):
                    pool_entropy=part['pool_entropy'], refreshes=self.n_refreshes, wall_s=round(self.wall_s, 3),
                    **{k: info.get(k, 0) for k in NONFINITE_KEYS}, **{k: v for k, v in part.items() if k.startswith('extra_')})
         self.history.append(row)
+        self.acc.log(epoch_metrics(row, info), step=self.epoch)     # the trackers (main process): the row, and the refresh's record
         for cb in self.callbacks if self.is_main else (): cb(self, row)
         if self.mb is not None: self._plot()
         if self.out is not None:
@@ -508,7 +513,7 @@ def load_state_dict(self:DPTrainer, sd:dict, path='checkpoint'):   # `path`: the
     "Restore a `state_dict` (the config must match this trainer's); a field that does not fit is a one-line error naming it."
     f = partial(checkpoint_field, path)
     require_fields(sd, path, ('config', 'epoch', 'step', 'history', 'model', 'opt', 'sched', 'pool', 'patience', 'rng'))
-    if sd['config'] != self.cfg.to_dict(): raise ValueError(f"checkpoint {path}: its config differs from the trainer's config")
+    if DPConfig.from_dict(sd['config']).to_dict() != self.cfg.to_dict(): raise ValueError(f"checkpoint {path}: its config differs from the trainer's config")   # a field added since: its default
     h = sd['history']
     if not isinstance(h, list) or not all(isinstance(r, dict) and 'epoch' in r for r in h): raise ValueError(f"checkpoint {path}: field 'history' is not a list of epoch rows")
     if not (isinstance(sd['epoch'], int) and 0 <= sd['epoch'] <= self.cfg.epochs): raise ValueError(f"checkpoint {path}: field 'epoch' is {sd['epoch']!r}, not in [0, {self.cfg.epochs}]")
@@ -582,7 +587,7 @@ def saved_config(cls:DPTrainer, out)->DPConfig:
 # %% ../nbs/08_trainer.ipynb #384e8c6b
 @patch(cls_method=True)
 def resume(cls:DPTrainer, out,         # folder of a run started with `out=`
-           generator=None, data:dict=None, classifier:nn.Module=None, progress=False, callbacks=(), tensorboard:bool=False,
+           generator=None, data:dict=None, classifier:nn.Module=None, progress=False, callbacks=(), report_to=None,
            checkpoint_every:float=30.,  # minutes between checkpoints inside an epoch
            initial_pool=None,           # the pool folder the run starts from, when it is not `cfg.initial_pool` (a shared pool of `dp-reproduce`)
           )->DPTrainer:                # a trainer where the run stopped; call `fit()` to continue
@@ -591,7 +596,7 @@ def resume(cls:DPTrainer, out,         # folder of a run started with `out=`
     sd = read_checkpoint(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
     if sd is None: cfg = cls.saved_config(out)                            # killed before its first checkpoint: run.json
     else: cfg = checkpoint_config(sd, out / CHECKPOINT)
-    t = cls(cfg, generator, data, classifier, out, progress, callbacks, tensorboard, fresh=False, checkpoint_every=checkpoint_every, initial_pool=initial_pool)
+    t = cls(cfg, generator, data, classifier, out, progress, callbacks, report_to, fresh=False, checkpoint_every=checkpoint_every, initial_pool=initial_pool)
     if sd is not None: t.load_state_dict(sd, out / CHECKPOINT)           # read on the CPU: each tensor moves to the trainer's device
     return t
 

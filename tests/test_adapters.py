@@ -111,7 +111,7 @@ def test_the_run_loader_applies_the_configs_adapters(files, tmp_path, base):
     from types import SimpleNamespace
     from deliberate_practice.generators import GENERATOR_LOADERS
     tiny_gen().save_pretrained(tmp_path / 'sd')
-    cfg = SimpleNamespace(sd_path=str(tmp_path / 'sd'), image_size=None, gradient_checkpointing=False, guidance_decoder=None,
+    cfg = SimpleNamespace(sd_path=str(tmp_path / 'sd'), image_size=None, gradient_checkpointing=False, guidance_decoder=None, variant=None,
                           lora=str(files / 'lora'), lora_scale=0.0, textual_inversion=str(files / 'tiny.safetensors'))
     gen = GENERATOR_LOADERS['stable-diffusion'](cfg, ['tench', 'goldfish'], ['a <tiny> tench', 'a goldfish'], 'cpu')
     assert gen.adapters['lora_scale'] == 0.0 and gen.adapters['textual_inversion'] is not None

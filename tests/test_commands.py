@@ -49,7 +49,7 @@ def test_command_resolves_to_what_it_claims(src, cmd, argv, tmp_path):
     if cmd == 'dp-train':
         c = _printed(dp_train, [*argv, '--print-config'])
         kw, ns = parse_args([*argv, '--print-config'])
-        dataset = kw.get('dataset', 'digits')
+        dataset = kw.get('dataset', trainer.PRESETS.get(getattr(ns, 'preset', None), {}).get('dataset', 'digits'))   # --preset folder-cpu: the folder dataset
         assert c == trainer.preset(getattr(ns, 'preset', dataset), **kw).to_dict()
         assert c['dataset'] == dataset
         if dataset in IMAGENET:

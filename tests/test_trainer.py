@@ -181,3 +181,16 @@ def test_bf16_mixed_precision_trains_in_bf16(parts):
     dtypes.clear(); h = fp32.model.model.features[0][0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     fp32.fit(); h.remove()
     assert set(dtypes) == {torch.float32}
+
+
+def test_resume_a_checkpoint_from_before_a_new_field(parts, tmp_path):
+    "A run checkpointed by a version without a field added since (here `variant`) resumes, the field at its default; a real difference is still refused."
+    from deliberate_practice.store import read_checkpoint
+    DPTrainer(DPConfig(**TINY, epochs=3), out=tmp_path, **parts).fit(stop_after=1)
+    sd = read_checkpoint(tmp_path / 'checkpoint.pt'); del sd['config']['variant']
+    torch.save(sd, tmp_path / 'checkpoint.pt')
+    b = DPTrainer.resume(tmp_path, **parts)
+    assert b.epoch == 1 and b.cfg.variant is None
+    b.fit(); assert b.epoch == 3 and len(b.history) == 3
+    sd['config']['omega'] = 0.7
+    with pytest.raises(ValueError, match='its config differs'): DPTrainer(DPConfig(**TINY, epochs=3), out=None, **parts).load_state_dict(sd)
