@@ -401,14 +401,17 @@ def weight_names(comp:str,          # 'unet', 'vae' or 'text_encoder'
     st, pt = SD_WEIGHTS[comp]
     return [add(n) for n in (f'{st}.safetensors', f'{st}.safetensors.index.json', f'{pt}.bin', f'{pt}.bin.index.json')]
 
+def _weight_file(path:Path, comp:str, variant:str=None)->str|None:
+    "The first of `weight_names(comp, variant)` present in `path/comp/`, relative to `path` (None: none is)."
+    return next((f'{comp}/{n}' for n in weight_names(comp, variant) if (path / comp / n).is_file()), None)
+
 # %% ../nbs/05_generators.ipynb #52b3d6e8
 def sd_weights(path,              # a diffusers Stable Diffusion folder
                variant:str=None,  # a weight variant such as 'fp16' (None: the plain files)
               )->dict:            # {component: its weight file relative to `path`, or None}, for each component folder present
     "The weight file each of unet/, vae/, text_encoder/ loads: with `variant`, its variant file where it has one, else its plain one (diffusers' rule)."
     path = Path(path)
-    first = lambda c, v: next((f'{c}/{n}' for n in weight_names(c, v) if (path / c / n).is_file()), None)
-    return {c: (variant and first(c, variant)) or first(c, None) for c in SD_WEIGHTS if (path / c).is_dir()}
+    return {c: (variant and _weight_file(path, c, variant)) or _weight_file(path, c) for c in SD_WEIGHTS if (path / c).is_dir()}
 
 # %% ../nbs/05_generators.ipynb #4e33194b
 def weight_variants(path)->dict:
@@ -417,7 +420,7 @@ def weight_variants(path)->dict:
     for c in SD_WEIGHTS:
         names = [f.name.split('.') for f in (path / c).iterdir()] if (path / c).is_dir() else []
         vs = sorted({p[1] if len(p) == 3 else p[3] for p in names if len(p) in (3, 5)})
-        out[c] = {v: f for v in vs if (f := next((f'{c}/{n}' for n in weight_names(c, v) if (path / c / n).is_file()), None))}
+        out[c] = {v: f for v in vs if (f := _weight_file(path, c, v))}
     return out
 
 # %% ../nbs/05_generators.ipynb #3e7ed28d

@@ -806,6 +806,7 @@ def plot_curves(history:list,   # rows of `history.jsonl`
     "Val/test accuracy and pool entropy of a run against epochs, and per pool against the images generated before it."
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
+    from itertools import accumulate
     h = {k: [r.get(k) for r in history] for k in ('epoch', 'n_generated', 'val_acc', 'test_acc', 'pool_entropy', 'refreshes')}
     seen = h['n_generated'][:1] + h['n_generated'][:-1]          # epoch e trained on the pool made before its refresh
     extras = [k for k in (history[0] if history else {}) if k.startswith('extra_')]
@@ -814,7 +815,7 @@ def plot_curves(history:list,   # rows of `history.jsonl`
         return list(last), list(last.values())
     fig = Figure(figsize=(10, 6)); axs = fig.subplots(2, 2, sharex='col')
     rs = ([n or 0 for n in h['refreshes']] if any(n is not None for n in h['refreshes'])     # without the field (`results.json`'s): a refresh
-          else [sum(b > a for a, b in zip(h['n_generated'], h['n_generated'][1:i + 1])) for i in range(len(history))])  # where images were added
+          else list(accumulate(int(b > a) for a, b in zip(h['n_generated'][:1] + h['n_generated'], h['n_generated']))))   # where images were added
     refresh_at = [e for e, a, b in zip(h['epoch'], [0] + rs, rs) if b > a]
     series = [(0, 'val_acc', 'real val', 'C0'), (0, 'test_acc', 'real test', 'C1')] + [(0, k, k[6:-4], f'C{i + 3}') for i, k in enumerate(extras)]
     for row, k, label, c in series + [(1, 'pool_entropy', 'pool entropy', 'C2')]:
