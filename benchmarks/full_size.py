@@ -15,6 +15,9 @@ Random weights, nothing downloaded. Parts (pick with --parts; all but refresh by
              omega 0.05, 2 DDIM steps, guidance_batch_size 1; with `time` in the same run, also the time predicted for it.
   train      ViT-B/16 training steps at 224 (`fit_classifier`: AdamW), batch 2 and 4: seconds and memory per image.
   recommend  gen_batch_size / guidance_batch_size / checkpointing for a 40 GB GPU with SD in fp16 (memory figures on the meta device).
+  genmem     peak memory of one generation batch of 8 / 64 / 256 images at guidance_batch_size 4 and None, eps detached and through
+             the UNet: measured (LiveMemory) on a real StableDiffusionGenerator.sample with tiny SD components, and at 512 px fp16
+             composed from the memory part's per-image figures (read from --out when memory is not in the same run).
 Prints every figure and merges them into --out (default benchmarks/full_size_cpu.json; parts not run keep their last figures).
 Never asserts on time.
 
@@ -25,7 +28,7 @@ keeps for the backward, plus the output), "peak" the maximum over forward and ba
 flash-attention op, as CUDA's flash / memory-efficient kernels are, so no attention matrix is materialised; without that
 routing PyTorch's meta SDPA falls back to the math path and over-counts.
 
-    OMP_NUM_THREADS=2 python benchmarks/full_size.py [--parts flops,memory,time,train,recommend] [--repeats 2] [--time-latent 24]
+    OMP_NUM_THREADS=2 python benchmarks/full_size.py [--parts flops,memory,time,train,recommend,genmem] [--repeats 2] [--time-latent 24]
                                                       [--refresh-size 512] [--refresh-checkpointing] [--threads 2] [--out PATH]
     OMP_NUM_THREADS=2 python benchmarks/full_size.py --parts time,refresh      # the 512 px refresh and its predicted time
 """
@@ -453,8 +456,94 @@ def part_recommend(out:dict, gpu_gb:float=40.0, headroom:float=0.15):
                             guidance_batch_size_max=dict(vae=g_max[(False, False)], ckpt=g_max[(True, False)], taesd=g_max[(False, True)]))
 
 
-PARTS = ('flops', 'memory', 'time', 'refresh', 'train', 'recommend')
-DEFAULT_PARTS = ('flops', 'memory', 'time', 'train', 'recommend')   # refresh at 512 px takes 10+ min on 2 cores: ask for it
+# ---------------------------------------------------------------- generation memory against gen_batch_size (issue 28)
+GENMEM_BATCHES, GENMEM_GBS, GENMEM_GOAL = (8, 64, 256), 4, 1.10   # gen batches, guidance_batch_size, goal on peak(256) / peak(8)
+
+def tiny_cnn(n_classes:int, seed:int=0)->torch.nn.Module:
+    "A small CNN classifier of [0, 1] RGB images, random weights: the genmem part's guidance classifier."
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(16, 32, 3, 2, 1), torch.nn.SiLU(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, n_classes)).eval()
+
+def sample_peak(gen, clf, batch:int, guidance_batch_size, through:bool)->float:
+    "Peak activation MiB (`LiveMemory`) of one `gen.sample` of `batch` images as one generation batch: 2 DDIM steps, the first guided."
+    lab = torch.arange(batch) % gen.n_classes
+    with LiveMemory() as mem:
+        imgs = gen.sample(lab, cfg_scale=CFG_SCALE, omega=OMEGA, classifier=clf, n_steps=2, batch_size=batch, guide_every=2,
+                          guidance_batch_size=guidance_batch_size, grad_through_denoiser=through)
+    if not torch.isfinite(imgs).all(): raise RuntimeError("genmem: the sample returned non-finite images")
+    return mem.peak / MiB
+
+def per_image_512(out:dict, prev:dict)->dict:
+    "MiB per image at 512 px, fp16, from the memory part (this run's, else --out's, else full_size_cpu.json's): UNet no-grad / with grad, decode, view."
+    default = Path(__file__).with_name('full_size_cpu.json')
+    m = out.get('memory') or prev.get('memory') or (json.loads(default.read_text()).get('memory') if default.exists() else None)
+    if not m: raise RuntimeError("genmem needs the memory part's figures: run --parts memory,genmem once")
+    row = next(r for r in m['view'] if (r['device'], r['dtype'], r['view'], r['checkpointing']) == ('meta', 'fp16', 'SD VAE', False))
+    u = m['sampler_mib_per_image']['fp16']
+    return dict(unet=u['no_grad'], unet_grad=u['with_grad'], decode=u['decode'],
+                view=(row['mib'].get(LATENT) or row['mib'][str(LATENT)])['peak'])   # keys are ints in this run, strings from JSON
+
+def composed_peak_512(p:dict, batch:int, guidance_batch_size, through:bool, state_latents:float)->dict:
+    "GiB at 512 px: max over the phases of a chunk of min(batch, guidance_batch_size) images + `batch` x `state_latents` fp32 latents kept across steps."
+    k = min(batch, guidance_batch_size or batch)
+    phases = dict(unet=k * p['unet'], guidance=k * (p['view'] + (p['unet_grad'] if through else 0)), decode=k * p['decode'])
+    state = batch * state_latents * 4 * LATENT ** 2 * 4 / MiB
+    return dict(peak=(max(phases.values()) + state) / 1024, phase=max(phases, key=phases.get), state=state / 1024)
+
+def _genmem_table(rows:list, unit:str, per_image:str=None):
+    print(f"  {'form':<16}{'guidance_batch_size':>20}" + ''.join(f"{f'peak@{b}':>11}" for b in GENMEM_BATCHES) + f"{'256/8':>8}  flat (<= {GENMEM_GOAL})"
+          + (f"  {per_image}" if per_image else ''))
+    for r in rows:
+        gbs = r['guidance_batch_size'] or 'None (whole)'
+        print(f"  {r['form']:<16}{gbs:>20}" + ''.join(f"{r['peak'][b]:>11.2f}" for b in GENMEM_BATCHES)
+              + f"{r['ratio']:>8.2f}  {'yes' if r['ratio'] <= GENMEM_GOAL else 'no ':<14}" + (f"{r['growth_kib']:>10.1f} KiB = {r['growth_latents']:6.1f} latents"
+              if per_image else '') + f"   ({unit})")
+
+def part_genmem(out:dict, prev:dict):
+    print(f"\n== f. Generation memory against gen_batch_size at a fixed guidance_batch_size: StableDiffusionGenerator.sample, one generation batch "
+          f"of {', '.join(map(str, GENMEM_BATCHES))} images, 2 DDIM steps (the first guided), omega {OMEGA}")
+    p = per_image_512(out, prev)                                      # the 512 px pieces: fail before measuring when they are missing
+    gen = StableDiffusionGenerator(**tiny_sd_components(0), class_names=['a', 'b', 'c'], dtype=torch.float32, device='cpu')
+    clf, forms = tiny_cnn(gen.n_classes), (('eps detached', False), ('through UNet', True))
+    measured = []
+    for name, through in forms:
+        for gbs in (GENMEM_GBS, None):
+            peak = {b: sample_peak(gen, clf, b, gbs, through) for b in GENMEM_BATCHES}
+            growth = (peak[GENMEM_BATCHES[-1]] - peak[GENMEM_BATCHES[-2]]) / (GENMEM_BATCHES[-1] - GENMEM_BATCHES[-2]) * 1024   # KiB per image
+            measured.append(dict(form=name, guidance_batch_size=gbs, peak=peak, ratio=peak[GENMEM_BATCHES[-1]] / peak[GENMEM_BATCHES[0]],
+                                 growth_kib=growth, growth_latents=growth * 1024 / (math.prod(gen.latent_shape) * 4)))
+    print(f"  measured (LiveMemory, real CPU compute, fp32): tiny SD components ({gen.generation_size} px, latents {gen.latent_shape}), "
+          f"a small CNN classifier; the call's noise, latents and returned images included")
+    _genmem_table(measured, 'MiB', f'growth per image {GENMEM_BATCHES[-2]}->{GENMEM_BATCHES[-1]}')
+    chunked, lat_kib = [r for r in measured if r['guidance_batch_size']], math.prod(gen.latent_shape) * 4 / 1024
+    state_latents = math.ceil(max(r['growth_latents'] for r in chunked))
+    act = min((r['peak'][GENMEM_BATCHES[0]] * 1024 - GENMEM_BATCHES[0] * r['growth_kib']) / GENMEM_GBS / lat_kib for r in chunked)
+    print(f"  at guidance_batch_size {GENMEM_GBS} what still grows with the batch is what each image keeps across the steps (noise, latent, eps, "
+          f"gradient, returned image): {max(r['growth_latents'] for r in chunked):.2f} latent-sized fp32 tensors per image at most (counted as "
+          f"{state_latents} below). The tiny networks' activations are only "
+          f"~{act:.0f} latents per image (SD-1.5's VAE view at 512 px: {p['view'] * 1024 / (4 * LATENT ** 2 * 4 / 1024):.0f}), so here that state is a visible share")
+    composed = []
+    for name, through in forms:
+        for gbs in (GENMEM_GBS, None):
+            c = {b: composed_peak_512(p, b, gbs, through, state_latents) for b in GENMEM_BATCHES}
+            peak = {b: v['peak'] for b, v in c.items()}
+            composed.append(dict(form=name, guidance_batch_size=gbs, peak=peak, phase={b: v['phase'] for b, v in c.items()},
+                                 ratio=peak[GENMEM_BATCHES[-1]] / peak[GENMEM_BATCHES[0]]))
+    print(f"  512 px, SD-1.5 fp16 + ViT-B/16 (SD VAE view): composed from the per-image pieces the memory part measures (UNet no-grad "
+          f"{p['unet']:.0f}, with grad {p['unet_grad']:.0f}, decode {p['decode']:.0f}, view fwd+bwd {p['view']:.0f} MiB per image):")
+    print(f"  peak(B) = max over the phases (UNet pass, guidance backward, decode) of a chunk of min(B, guidance_batch_size) images "
+          f"+ B x {state_latents} fp32 latents ({state_latents * 4 * LATENT ** 2 * 4 / MiB:.2f} MiB per image, the measured state above) "
+          "kept across the steps; activations only, weights excluded")
+    _genmem_table(composed, 'GiB')
+    out['genmem'] = dict(batches=list(GENMEM_BATCHES), goal_ratio=GENMEM_GOAL, n_steps=2, guide_every=2, omega=OMEGA,
+                         measured_tiny_mib=measured, composed_512_fp16_gib=composed, per_image_512_mib=p, state_latents=state_latents,
+                         composed_note='composed from the per-image pieces measured by the memory part (meta device, fp16)')
+
+
+PARTS = ('flops', 'memory', 'time', 'refresh', 'train', 'recommend', 'genmem')
+DEFAULT_PARTS = ('flops', 'memory', 'time', 'train', 'recommend', 'genmem')   # refresh at 512 px takes 10+ min on 2 cores: ask for it
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -489,6 +578,7 @@ def main():
         elif part == 'refresh': part_refresh(out, real, a.refresh_checkpointing, a.refresh_size, rate)
         elif part == 'train': part_train(out)
         elif part == 'recommend': part_recommend(out)
+        elif part == 'genmem': part_genmem(out, prev)
         out.setdefault('part_seconds', {})[part] = time.perf_counter() - t0
         print(f"  [{part}: {time.perf_counter() - t0:.0f} s]")
     total = out['total_seconds'] = time.perf_counter() - t_start

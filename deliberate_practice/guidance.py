@@ -125,6 +125,19 @@ def _is_guided(i, n_steps, guide_every, guide_until): return i % guide_every == 
 # %% ../nbs/02_guidance.ipynb #fb9e68c7
 def _finite(x:Tensor)->Tensor: return torch.isfinite(x.flatten(1)).all(1)
 
+# %% ../nbs/02_guidance.ipynb #2a872505
+def _row_chunks(n:int, batch_size:int, denoise, denoise_rows)->list:
+    "[(rows, denoiser of those rows)] of `batch_size` images each; unchunked (None, >= n, no `denoise_rows`): [(all, denoise)]."
+    if denoise_rows is None or not batch_size or batch_size >= n: return [(slice(None), denoise)]
+    return [(r, denoise_rows(r)) for r in (slice(s, s + batch_size) for s in range(0, n, batch_size))]
+
+# %% ../nbs/02_guidance.ipynb #390cf404
+def _denoise_chunks(x:Tensor, t, chunks:list)->tuple:
+    "(out_uncond, out_cond) of `x`, one pass per chunk of `_row_chunks`; a single chunk: `denoise(x, t)` itself."
+    if len(chunks) == 1: return chunks[0][1](x, t)
+    u, c = zip(*(d(x[r], t) for r, d in chunks))
+    return torch.cat(u), torch.cat(c)
+
 # %% ../nbs/02_guidance.ipynb #6d38252e
 def _through_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, prediction_type, batch_size=None):
     "Noise prediction at x_t (detached) and the entropy gradient through the denoiser, whose graph is kept for these images."
@@ -135,14 +148,12 @@ def _through_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, predictio
         x0_hat = predict_x0(x, eps, a_t)
         return eps.detach(), torch.autograd.grad(x0_hat, x, _entropy_grad_x0(x0_hat, classifier, decode, batch_size))[0]
 
-def _guidance_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type, batch_size=None, denoise_rows=None):
-    "Noise prediction at x_t and the raw entropy gradient (eps detached, or through the denoiser), `batch_size` images per backward pass."
+def _guidance_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type, batch_size=None, chunks=None):
+    "Noise prediction at x_t and the raw entropy gradient (eps detached, or through the denoiser), UNet passes by `chunks`."
+    chunks = chunks or [(slice(None), denoise)]                       # None: one pass, one graph, the whole batch
     if not through:
-        u, c = denoise(x_t, t)
-        eps = predict_eps(x_t, cfg_combine(u, c, cfg_scale), a_t, prediction_type)
+        eps = predict_eps(x_t, cfg_combine(*_denoise_chunks(x_t, t, chunks), cfg_scale), a_t, prediction_type)
         return eps, entropy_grad(x_t, eps, a_t, classifier, decode, batch_size)
-    if denoise_rows is None or not batch_size or batch_size >= len(x_t): chunks = [(slice(None), denoise)]   # one graph, the whole batch
-    else: chunks = [(r, denoise_rows(r)) for r in (slice(s, s + batch_size) for s in range(0, len(x_t), batch_size))]
     eps, g = zip(*(_through_grad(x_t[r], t, a_t, d, cfg_scale, classifier, decode, prediction_type, batch_size) for r, d in chunks))
     return torch.cat(eps), torch.cat(g)
 
@@ -162,9 +173,10 @@ def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, 
                        guide_every:int=1,          # apply entropy guidance every k-th step
                        guide_until:float=1.0,      # ... only during the first fraction of the steps
                        grad_through_denoiser:bool=False, # exact gradient through the denoiser
-                       guidance_batch_size:int=None, # images per backward pass through decode and classifier (None: all); same images
-                       denoise_rows=None,          # fn(rows: slice) -> `denoise` of those rows: the gradient through the denoiser then
-                                                   # runs `guidance_batch_size` images at a time too (None: the whole batch in one graph)
+                       guidance_batch_size:int=None, # images per pass through the networks inside a generation batch: UNet (with
+                                                   # `denoise_rows`), guidance backward, decode (None: all); the same images
+                       denoise_rows=None,          # fn(rows: slice) -> `denoise` of those rows: every UNet pass, with or without the
+                                                   # gradient, then runs `guidance_batch_size` images at a time (None: the whole batch)
                        grad_norm:str="rms",        # gradient normalisation of the 'eps' form, see `normalize_grad`
                        guidance_form:str="eps",    # 'eps': eq. 5 (in eps); 'fgds': `fgds_shift` of x_t, through the denoiser
                        final_alpha_bar:float=1.0,  # alpha_bar after the last step
@@ -185,16 +197,17 @@ def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, 
     steps = alpha_bar_pairs(alpha_bar, ddim_timesteps(n_steps, len(alpha_bar), spacing, steps_offset), final_alpha_bar)
     stats, x = GuidanceStats(), x_T
     with eval_mode(classifier), torch.no_grad():
+        chunks = _row_chunks(len(x_T), guidance_batch_size, denoise, denoise_rows)   # built once
         for i, (t, a_t, a_prev) in enumerate(progress_bar(steps, leave=False) if progress else steps):
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if eta > 0 else None
             stats.n_steps += 1
             if omega > 0 and _is_guided(i, n_steps, guide_every, guide_until):
                 through = grad_through_denoiser or guidance_form == 'fgds'      # FGDS differentiates through the denoiser
                 eps, g = _guidance_grad(x, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type,
-                                        guidance_batch_size, denoise_rows)
+                                        guidance_batch_size, chunks)
                 x = _guarded_step(x, eps, g, a_t, a_prev, omega, grad_norm, eta, noise, stats, guidance_form)
             else:
-                u, c = denoise(x, t)
+                u, c = _denoise_chunks(x, t, chunks)
                 x = ddim_step(x, cfg_combine(u, c, cfg_scale), a_t, a_prev, eta, noise, prediction_type)
     return x, stats
 

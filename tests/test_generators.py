@@ -222,14 +222,14 @@ def float64_classifier(in_chans, n_classes):
 
 @pytest.mark.parametrize('through', [False, True])
 def test_guidance_batch_size_same_images(gen, sd, through):
-    """Chunking the entropy gradient changes no image: exactly on digits with eps detached; through the denoiser the UNet runs in
-    chunks too (memory set by guidance_batch_size), so to float32 round-off of its kernels (measured 1.2e-6); likewise the decoder's on tiny SD."""
+    """Chunking changes no image beyond float32 round-off: every UNet pass runs guidance_batch_size images at a time (memory set by
+    guidance_batch_size, not gen_batch_size), so the images differ by the round-off of its kernels (measured 1.2e-6); likewise the decoder's on tiny SD."""
     kw = dict(omega=0.3, n_steps=4, seed=0, grad_through_denoiser=through)
     clf = float64_classifier(1, 10)
     full = gen.sample(torch.arange(10), classifier=clf, **kw)
     for b in (1, 3):
         chunked = gen.sample(torch.arange(10), classifier=clf, guidance_batch_size=b, **kw)
-        assert (chunked - full).abs().max() <= 5e-6 if through else torch.equal(chunked, full)
+        assert (chunked - full).abs().max() <= 5e-6
     clf, lab = float64_classifier(3, 3), [0, 2, 1, 1, 0]
     full = sd.sample(lab, classifier=clf, **kw)
     assert (sd.sample(lab, classifier=clf, guidance_batch_size=2, **kw) - full).abs().max() <= (5e-6 if through else 1e-6)
