@@ -12,7 +12,7 @@ The machine is shared: every case prints the load average beside it, and ratios 
 """
 import argparse, os, statistics, subprocess, sys, tempfile, time
 import torch
-from deliberate_practice.ablation import ROWS, preset, reproduce, scale_parts, initial_pool, run_row, write_outputs
+from deliberate_practice.ablation import ROWS, row_config, reproduce, scale_parts, initial_pool, run_row, write_outputs
 
 def _load(): return ' '.join(f'{x:.1f}' for x in os.getloadavg())
 
@@ -26,12 +26,12 @@ def main(rows=4, seeds=2, epochs=20, workers=2):
     torch.set_num_threads(1)
     env = dict(os.environ, OMP_NUM_THREADS='1')
     imp, _ = _timed(lambda: subprocess.run([sys.executable, '-c', 'import deliberate_practice.ablation'], env=env, check=True), 3)
-    parts_s, _ = _timed(lambda: subprocess.run([sys.executable, '-c', 'from deliberate_practice.ablation import *; scale_parts(preset("static-wsd"))'],
+    parts_s, _ = _timed(lambda: subprocess.run([sys.executable, '-c', 'from deliberate_practice.ablation import *; scale_parts(row_config("static-wsd"))'],
                                                env=env, check=True), 3)
     print(f"start-up: import {imp:.1f} s, import + generator + data {parts_s:.1f} s   (load {_load()})")
 
-    gen, data = scale_parts(preset('static-wsd'))
-    cfg = preset('dp-p8-100', seed=0, epochs=epochs)
+    gen, data = scale_parts(row_config('static-wsd'))
+    cfg = row_config('dp-p8-100', seed=0, epochs=epochs)
     pool_s, pool = _timed(lambda: initial_pool(cfg, gen, data), 3)
     run_s, res = _timed(lambda: run_row(cfg, 'dp-p8-100', tempfile.mkdtemp(), gen, data, initial_pool=pool))
     print(f"one dp-p8-100 run of {epochs} epochs: {run_s:.1f} s; its initial pool {pool_s:.2f} s ({pool_s / run_s:.1%}: what sharing it saves per row)   (load {_load()})")

@@ -4,13 +4,14 @@
 
 # %% auto #0
 __all__ = ['CHOICES', 'REPEATABLE', 'GIB', 'MIB', 'GUIDANCE_VIEW_MIB', 'UNET_MIB_PER_LATENT_PX', 'UNET_GRAD_MIB_PER_LATENT_PX',
-           'TRAIN_MIB_PER_IMAGE', 'SD15_TFLOP_PER_STEP', 'SD15_DECODE_TFLOP', 'SD15_LATENT_PX', 'GPU_PEAK_TFLOPS',
-           'ASSUMED_MFU', 'REPRODUCE_ARGS', 'flag_names', 'presets_help', 'add_config_flags', 'build_parser',
-           'config_flags', 'parse_args', 'LineReporter', 'console_reporter', 'CurvesWriter', 'resolve_config',
-           'dp_train', 'refresh_schedule', 'plan_counts', 'activation_bytes', 'meta_classifier', 'estimate_memory',
-           'timed_steps', 'disk_needed_gib', 'classifier_params', 'check_disk', 'guidance_view', 'image_tflop',
-           'generation_cost', 'dry_run', 'build_reproduce_parser', 'shared_pools', 'dp_reproduce', 'worker_slot',
-           'build_generate_parser', 'dp_generate']
+           'DECODE_MIB_PER_LATENT_PX', 'GEN_STATE_LATENTS', 'TRAIN_MIB_PER_IMAGE', 'SD15_TFLOP_PER_STEP',
+           'SD15_DECODE_TFLOP', 'SD15_LATENT_PX', 'GPU_PEAK_TFLOPS', 'ASSUMED_MFU', 'REPRODUCE_ARGS', 'flag_names',
+           'presets_help', 'add_config_flags', 'build_parser', 'config_flags', 'parse_args', 'LineReporter',
+           'console_reporter', 'CurvesWriter', 'resolve_config', 'dp_train', 'refresh_schedule', 'plan_counts',
+           'activation_bytes', 'meta_classifier', 'estimate_memory', 'timed_steps', 'disk_needed_gib',
+           'classifier_params', 'check_disk', 'guidance_view', 'image_tflop', 'generation_cost', 'dry_run',
+           'build_reproduce_parser', 'shared_pools', 'dp_reproduce', 'worker_slot', 'build_generate_parser',
+           'dp_generate']
 
 # %% ../nbs/10_cli.ipynb #4e449efc
 import argparse, dataclasses, json, math, os, sys, textwrap, time
@@ -18,7 +19,8 @@ from pathlib import Path
 from fastcore.docments import docments
 from .config import (DPConfig, PRESETS, preset, check_value, config_from_file, SELECTIONS, SCORE_METRICS, SCHEDULERS,
                                         DATASETS, PRECISIONS, GUIDANCE_FORMS, POOL_AUGMENTS, device_type, in_decay_phase, steps_per_epoch,
-                                        process_batches, pool_size_problem, initial_sampling)
+                                        process_batches, pool_size_problem, initial_sampling, parse_overrides, reproduce_configs,
+                                        pool_key, row_config, ROWS)
 
 # %% ../nbs/10_cli.ipynb #751288f9
 class _OneLineParser(argparse.ArgumentParser):
@@ -279,6 +281,10 @@ GIB, MIB = 2 ** 30, 2 ** 20
 GUIDANCE_VIEW_MIB = {'vae': (0.6951, 114.4), 'vae, checkpointed': (0.3290, 46.3), 'taesd': (0.0679, 114.4)}
 UNET_MIB_PER_LATENT_PX = 130.3 / 64 ** 2
 UNET_GRAD_MIB_PER_LATENT_PX = 1527.9 / 64 ** 2
+DECODE_MIB_PER_LATENT_PX = 384.06 / 64 ** 2       # the final VAE decode without gradients, per image (`sampler_mib_per_image`, fp16)
+# benchmarks/full_size.py, part `genmem`: a generation batch runs the UNet, the guidance backward and the final decode `guidance_batch_size`
+# images at a time, so its peak is the largest of those phases for one chunk, plus what every image keeps across the steps: 5 fp32 latents
+GEN_STATE_LATENTS = 5
 # benchmarks/full_size.py, part `train`: activations of a training step per image, fp32, at the model's 224 px (scaled with the image area at other sizes);
 # other classifiers are counted on the meta device by `activation_bytes`, an upper bound (attention materialised, a tensor saved by two ops counted twice)
 TRAIN_MIB_PER_IMAGE = {'vit_base_patch16_224': 113.3}
@@ -327,15 +333,18 @@ def estimate_memory(cfg:DPConfig, n_classes:int, sd_configs:dict=None, world:int
     gen_batch = cfg.gen_batch_size or min(cfg.pool_size, 2048)
     per_view = 0 if sd_configs is None else (lambda a, b: (a * latent_px + b) * MIB * sd_bytes / 2)(*GUIDANCE_VIEW_MIB[
         'taesd' if cfg.guidance_decoder else 'vae, checkpointed' if cfg.gradient_checkpointing else 'vae'])
-    unet_act = 0 if sd_configs is None else UNET_MIB_PER_LATENT_PX * latent_px * MIB * sd_bytes / 2 * gen_batch
+    chunk = min(gen_batch, cfg.guidance_batch_size or gen_batch)                # images per pass through UNet, guidance backward and decode
+    per_px = lambda mib: 0 if sd_configs is None else mib * latent_px * MIB * sd_bytes / 2 * chunk
+    unet_act, decode_act = per_px(UNET_MIB_PER_LATENT_PX), per_px(DECODE_MIB_PER_LATENT_PX)
     guided = cfg.omega > 0 and cfg.selection == 'easiest'
-    view = per_view * (cfg.guidance_batch_size or gen_batch) if guided else 0
-    through = 0 if sd_configs is None or not guided or cfg.guidance_form != 'fgds' else (   # the UNet's graph, guidance_batch_size images at a time
-        UNET_GRAD_MIB_PER_LATENT_PX * latent_px * MIB * sd_bytes / 2 * (cfg.guidance_batch_size or gen_batch))
+    view = per_view * chunk if guided else 0
+    through = per_px(UNET_GRAD_MIB_PER_LATENT_PX) if guided and cfg.guidance_form == 'fgds' else 0   # the UNet's graph, a chunk at a time
+    state = 0 if sd_configs is None else gen_batch * GEN_STATE_LATENTS * sd_configs['unet'].get('in_channels', 4) * latent_px * 4
     weights = gen_params * sd_bytes + clf_state
     g = lambda b: round(b / GIB, 2)
-    return dict(training_gib=g(weights + train_act), generation_gib=g(weights + unet_act + view + through), weights_gib=g(weights),
-                train_activations_gib=g(train_act), unet_activations_gib=g(unet_act), guidance_view_gib=g(view), unet_graph_gib=g(through),
+    return dict(training_gib=g(weights + train_act), generation_gib=g(weights + max(unet_act, view + through, decode_act) + state),
+                weights_gib=g(weights), train_activations_gib=g(train_act), unet_activations_gib=g(unet_act), decode_activations_gib=g(decode_act),
+                guidance_view_gib=g(view), unet_graph_gib=g(through), latent_state_gib=g(state),
                 classifier_params=sum(p.numel() for p in clf.parameters()),
                 generator_params=gen_params)
 
@@ -555,8 +564,7 @@ def _row_plans(names:list,   # each run's row name
 
 # %% ../nbs/10_cli.ipynb #6f068451
 def shared_pools(cfgs:list)->dict:
-    "The initial pools a reproduction of `cfgs` generates (one per `ablation.pool_key`, none for a run with `initial_pool`), their images, and the images sharing saves."
-    from deliberate_practice.ablation import pool_key
+    "The initial pools a reproduction of `cfgs` generates (one per `pool_key`, none for a run with `initial_pool`), their images, and the images sharing saves."
     own = [c for c in cfgs if c.initial_pool is None]
     keys = {pool_key(c): c.pool_size for c in own}
     return dict(pools=len(keys), images=sum(keys.values()), images_saved=sum(c.pool_size for c in cfgs) - sum(keys.values()),
@@ -568,14 +576,18 @@ def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1
     "Console script: `ablation.reproduce_command` from the command line; `--config` fields go under `--overrides`; one-line errors, exit status 2."
     ns = build_reproduce_parser().parse_args(argv)
     try:
-        over = [f'{k}={json.dumps(v)}' for k, v in (config_from_file(ns.config) if ns.config else {}).items()] + (ns.overrides or [])
-        if ns.initial_pool is not None: over.append(f'initial_pool={json.dumps(str(ns.initial_pool))}')
-        kw = dict({k: getattr(ns, k) for k in REPRODUCE_ARGS}, overrides=over or None)
-        if not (ns.quiet or ns.print_config or ns.dry_run or ns.plot):   # the first line at once: the imports below take seconds
+        over = {**(config_from_file(ns.config) if ns.config else {}), **parse_overrides(ns.overrides)}
+        if ns.initial_pool is not None: over['initial_pool'] = str(ns.initial_pool)
+        kw = dict({k: getattr(ns, k) for k in REPRODUCE_ARGS}, overrides=over)
+        if (ns.print_config or ns.dry_run) and not ns.plot:                   # the configurations alone need no torch
+            named = {k: getattr(ns, k) for k in ('data_root', 'sd_path', 'model', 'device') if getattr(ns, k) is not None}
+            cfgs = reproduce_configs(ns.scale, ns.seeds, ns.rows, ns.quick, ns.coverage, {**over, **named})
+            if ns.print_config: return print(json.dumps(cfgs, indent=1))
+        if not (ns.quiet or ns.dry_run or ns.plot):   # the first line at once: the imports below take seconds
             print(f"dp-reproduce: {ns.scale} into {ns.out}: loading torch and the models", flush=True)
-        from deliberate_practice.ablation import reproduce_command
-        if not ns.dry_run: return reproduce_command(**kw)
-        cfgs = reproduce_command(**kw, return_configs=True)
+        if not ns.dry_run or ns.plot:
+            from deliberate_practice.ablation import reproduce_command
+            return reproduce_command(**kw)
         runs = [DPConfig(**{k: v for k, v in c.items() if k != 'row'}) for c in cfgs]       # each run's config, without its row name
         plan, problems = dry_run(runs[0], Path(ns.out) / 'runs' / 'dry-run', timed=ns.dry_run == 'timed')
         totals = [plan_counts(c) for c in runs]

@@ -4,15 +4,19 @@
 
 # %% auto #0
 __all__ = ['DEVICE_TYPES', 'SELECTIONS', 'LEGACY_SELECTIONS', 'SCORE_METRICS', 'SCHEDULERS', 'GUIDANCE_FORMS', 'POOL_AUGMENTS',
-           'PRECISIONS', 'DATASETS', 'TYPE_NAMES', 'MAXIMA', 'MAXIMA_WHY', 'PRESETS', 'device_type', 'legacy_selection',
-           'DPConfig', 'check_value', 'extra_tests', 'extra_test_problem', 'preset', 'steps_per_epoch',
-           'in_decay_phase', 'process_batches', 'pool_size_problem', 'Sampling', 'initial_sampling', 'refresh_sampling',
+           'PRECISIONS', 'DATASETS', 'TYPE_NAMES', 'MAXIMA', 'MAXIMA_WHY', 'PRESETS', 'ROWS', 'REAL_ROW',
+           'PAPER_TABLE1', 'SEEDS', 'TUNING_SEEDS', 'SCALES', 'PATIENCE_10', 'PATIENCE', 'QUICK', 'DIGITS_WEIGHTS',
+           'COVERAGE_ROWS', 'device_type', 'legacy_selection', 'DPConfig', 'check_value', 'extra_tests',
+           'extra_test_problem', 'preset', 'row_kind', 'row_config', 'pool_key', 'parse_overrides', 'digits_weights',
+           'generator_record', 'has_real', 'scale_rows', 'reproduce_configs', 'steps_per_epoch', 'in_decay_phase',
+           'process_batches', 'pool_size_problem', 'Sampling', 'initial_sampling', 'refresh_sampling',
            'config_from_file']
 
 # %% ../nbs/00_config.ipynb #94d2603c
 import dataclasses, json, math, numbers, re
 from dataclasses import dataclass, asdict
 from pathlib import Path
+from importlib.resources import files
 
 # %% ../nbs/00_config.ipynb #6f932236
 DEVICE_TYPES = ('cpu', 'cuda', 'mps', 'xpu', 'hpu', 'npu', 'mtia', 'meta')
@@ -213,6 +217,145 @@ def preset(name:str, # one of `PRESETS`
     "The `DPConfig` of a preset, with overrides."
     if name not in PRESETS: raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
     return DPConfig(**{**PRESETS[name], **kw})
+
+# %% ../nbs/00_config.ipynb #c01bd459
+ROWS = ('static-cosine', 'static-wsd', 'dp-p10-25', 'dp-p8-25', 'dp-p8-50', 'dp-p8-75', 'dp-p8-100', 'random-p8-100')
+REAL_ROW = 'real-wsd'   # not in the paper: the static WSD row trained on the real images the generator saw (scales whose generator records them)
+
+# Table 1 of the paper (ImageNet-100, ViT-B/16): row -> (scheduler, patience, pruning %, val acc %, test acc %)
+PAPER_TABLE1 = {
+    'static-cosine': ('cosine', None, 0,   29.78, 31.74),
+    'static-wsd':    ('wsd',    None, 0,   32.96, 35.06),
+    'dp-p10-25':     ('wsd',    10,   25,  42.90, 45.08),
+    'dp-p8-25':      ('wsd',    8,    25,  44.14, 45.89),
+    'dp-p8-50':      ('wsd',    8,    50,  45.62, 47.81),
+    'dp-p8-75':      ('wsd',    8,    75,  47.58, 49.19),
+    'dp-p8-100':     ('wsd',    8,    100, 47.62, 49.84),
+    'random-p8-100': ('wsd',    8,    100, 43.10, 45.35)}
+
+SEEDS = tuple(range(1, 10))              # the reported seeds: never used for tuning
+TUNING_SEEDS = tuple(range(0, 80, 10))   # the seeds every setting was chosen on
+
+# %% ../nbs/00_config.ipynb #28a0e459
+def row_kind(row:str)->str:
+    "'static', 'dp', 'random' or 'real': the part of a row's name before the first dash."
+    return row.split('-')[0]
+
+# %% ../nbs/00_config.ipynb #327e0e03
+def _row_settings(row:str, patience:dict)->dict:
+    "The DPConfig fields a Table 1 row sets, with the paper's patience mapped through `patience` ({paper value: this scale's})."
+    sched, pat, prune, *_ = PAPER_TABLE1['static-wsd' if row == REAL_ROW else row]
+    kw = dict(scheduler=sched, prune_frac=prune / 100)
+    if row_kind(row) in ('static', 'real'): return dict(kw, selection='none')
+    kw['patience'] = patience[pat]
+    return dict(kw, selection='easiest') if row_kind(row) == 'dp' else dict(kw, selection='random', omega=0.0)
+
+# %% ../nbs/00_config.ipynb #50623a52
+SCALES = {n: p for n, p in PRESETS.items() if n != 'folder-cpu'}   # the trainer's table: each scale's dp-p8-100 row (folder-cpu checks one run: no scale)
+PATIENCE_10 = {'digits': 4, 'digits-k10': 4, 'imagenet100': 10, 'imagenet1k': 10, 'folder': 10}   # the paper's patience 10 at each scale (digits: the patience sweep below)
+PATIENCE = {s: {8: p.get('patience', DPConfig.patience), 10: PATIENCE_10[s]} for s, p in SCALES.items()}   # {paper value: this scale's}
+_QUICK_DIGITS = dict(epochs=20, patience={8: 1, 10: 2})   # `--quick`: fewer epochs, so a shorter patience ({paper: this scale's}) to see refreshes
+QUICK = {'digits': _QUICK_DIGITS, 'digits-k10': _QUICK_DIGITS, 'imagenet100': dict(epochs=10), 'imagenet1k': dict(epochs=5), 'folder': dict(epochs=10)}
+
+# %% ../nbs/00_config.ipynb #fbb065c8
+def row_config(row:str,             # one of `ROWS`, or `REAL_ROW`
+           scale:str='digits',  # one of `SCALES`
+           quick:bool=False,    # apply the scale's `QUICK` settings (fewer epochs, smaller pool)
+           **overrides,         # any `DPConfig` field
+          )->DPConfig:
+    "The `DPConfig` of Table 1 row `row` at `scale`."
+    if row not in ROWS + (REAL_ROW,): raise ValueError(f"row must be one of {ROWS + (REAL_ROW,)}, got {row!r}")
+    if scale not in SCALES: raise ValueError(f"scale must be one of {tuple(SCALES)}, got {scale!r}")
+    unknown = set(overrides) - set(DPConfig.__dataclass_fields__)
+    if unknown: raise ValueError(f"overrides must be DPConfig fields, got {sorted(unknown)}")
+    q = dict(QUICK[scale]) if quick else {}
+    patience = q.pop('patience', PATIENCE[scale])
+    kw = {**SCALES[scale], **q, **_row_settings(row, patience), **overrides}
+    if row == REAL_ROW and kw.get('real_train'): kw['real_weight'] = 0.0   # its pool is the real images: not mixed in a second time
+    if row_kind(row) == 'random': kw.update(omega=0.0, cfg_scale=kw.get('cfg_scale_init', DPConfig.cfg_scale_init))   # random regeneration has no feedback, whatever the overrides
+    return DPConfig(**kw)
+
+# %% ../nbs/00_config.ipynb #7394b7ea
+def pool_key(cfg:DPConfig)->tuple:
+    "What the initial pool depends on: rows with the same key start from the same images."
+    return (cfg.dataset, cfg.digits_generator, cfg.seed, cfg.pool_size, cfg.cfg_scale_init, cfg.n_steps, cfg.gen_batch_size, cfg.sd_path, cfg.image_size,
+            cfg.prompts, cfg.prompt_template)
+
+# %% ../nbs/00_config.ipynb #206f4bac
+def _parse_value(s:str):
+    if s.lower() in ('none', 'null'): return None
+    try: return json.loads(s)
+    except json.JSONDecodeError: return s
+
+# %% ../nbs/00_config.ipynb #e0e8ccf8
+def parse_overrides(items:list)->dict:
+    "`['omega=0.2', 'model=test_vit']` -> `{'omega': 0.2, 'model': 'test_vit'}`; values read as json, else as strings."
+    kw = {}
+    for it in items or []:
+        k, sep, v = it.partition('=')
+        if not sep or not k: raise ValueError(f"overrides must look like field=value, got {it!r}")
+        if k not in DPConfig.__dataclass_fields__: raise ValueError(f"overrides: {k!r} is not a DPConfig field")
+        kw[k] = _parse_value(v)
+    return kw
+
+# %% ../nbs/00_config.ipynb #6acab3e0
+def _parse_seeds(seeds)->list:
+    try: s = [int(x) for x in seeds]
+    except (TypeError, ValueError): raise ValueError(f"seeds must be integers >= 0, got {' '.join(map(str, seeds))!r}") from None
+    if not s or min(s) < 0 or len(set(s)) != len(s): raise ValueError(f"seeds must be distinct integers >= 0, got {' '.join(map(str, seeds))!r}")
+    return s
+
+# %% ../nbs/00_config.ipynb #4c7df4f6
+def _parse_rows(rows)->list:
+    bad = [r for r in rows if r not in ROWS + (REAL_ROW,)]
+    if bad or not rows or len(set(rows)) != len(rows): raise ValueError(f"rows must be distinct names from {', '.join(ROWS + (REAL_ROW,))}; got {' '.join(rows)!r}")
+    return list(rows)
+
+# %% ../nbs/00_config.ipynb #5b232344
+DIGITS_WEIGHTS = 'digits_unet'  # stem of the shipped files in deliberate_practice/weights/
+
+def digits_weights(name:str=DIGITS_WEIGHTS)->Path:
+    "File stem of digits generator weights: a bare name is one shipped in `deliberate_practice/weights/`, else a path."
+    return Path(name) if Path(name).name != name else Path(str(files('deliberate_practice') / 'weights' / name))
+
+# %% ../nbs/00_config.ipynb #3d494dc2
+def generator_record(cfg:DPConfig)->dict:
+    "What the json next to `cfg.digits_generator`'s weights records (e.g. `real_subset`); {} without one."
+    p = digits_weights(cfg.digits_generator).with_suffix('.json')
+    return json.loads(p.read_text()) if p.exists() else {}
+
+# %% ../nbs/00_config.ipynb #f12d5d68
+def has_real(cfg:DPConfig)->bool:
+    "Whether `REAL_ROW` can run: digits with real training digits (`real_train`), or a generator that records its own."
+    if cfg.dataset != 'digits': return False        # the one in-memory dataset (`data.DATASETS`): real rows need it
+    return cfg.real_train is not None or 'real_subset' in generator_record(cfg)
+
+# %% ../nbs/00_config.ipynb #4da4a7b6
+def scale_rows(scale:str='digits', **overrides)->list:
+    "The rows `dp-reproduce` runs by default: Table 1's, and `REAL_ROW` when the scale's generator records its real images."
+    return list(ROWS) + ([REAL_ROW] if has_real(row_config('static-wsd', scale, **overrides)) else [])
+
+# %% ../nbs/00_config.ipynb #6a180604
+COVERAGE_ROWS = ('static-wsd', 'dp-p8-100', 'random-p8-100', REAL_ROW)   # the rows of the generator-coverage sweep (09_ablation)
+
+# %% ../nbs/00_config.ipynb #feef94af
+def reproduce_configs(scale:str='digits', # one of `SCALES`
+                      seeds:list=None,     # default: `SEEDS` (with `quick`: the first)
+                      rows:list=None,      # default: `scale_rows` (with `coverage`: `COVERAGE_ROWS`)
+                      quick:bool=False,    # the scale's `QUICK` settings
+                      coverage:bool=False, # the generator-coverage sweep (digits only)
+                      overrides:dict=None, # DPConfig fields for every row
+                     )->list:              # dict(row=..., **DPConfig fields) per run, seed by seed
+    "Every (row, seed) configuration of a reproduction, validated; a bad value is a ValueError naming it."
+    if scale not in SCALES: raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    kw, s = dict(overrides or {}), _parse_seeds(seeds if seeds is not None else SEEDS)
+    r = _parse_rows(rows if rows is not None else COVERAGE_ROWS if coverage else scale_rows(scale, **kw))
+    if quick and seeds is None: s = s[:1]
+    if coverage and scale != 'digits': raise ValueError(f"coverage runs at scale digits (it swaps the generator), got scale {scale!r}")
+    if REAL_ROW in r and not coverage and not has_real(row_config(REAL_ROW, scale, **kw)):
+        raise ValueError(f"rows: {REAL_ROW} needs a digits generator that records the real images it saw (real_subset in its json), "
+                         f"and {row_config(REAL_ROW, scale, **kw).digits_generator!r} does not; try --scale digits-k10")
+    return [dict(row=row, **row_config(row, scale, quick=quick, **{**kw, 'seed': seed}).to_dict()) for seed in s for row in r]
 
 # %% ../nbs/00_config.ipynb #13297ece
 def steps_per_epoch(cfg:DPConfig, n_real:int=0)->int:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 from deliberate_practice import ablation
-from deliberate_practice.ablation import (ROWS, REAL_ROW, PAPER_TABLE1, SCALES, preset, reproduce, run_dir, run_row,
+from deliberate_practice.ablation import (ROWS, REAL_ROW, PAPER_TABLE1, SCALES, row_config, reproduce, run_dir, run_row,
                                           RESULT, RESULTS, TABLE, FIGURE, scale_parts, pool_key, initial_pool, claims, paired_ci, image_share)
 from deliberate_practice.trainer import DPTrainer, CHECKPOINT
 from deliberate_practice.cli import dp_reproduce
@@ -14,7 +14,7 @@ IMAGENET = dict(data_root='/nowhere/imagenet', sd_path='/nowhere/sd15')
 
 @pytest.fixture(scope='module')
 def parts():
-    return scale_parts(preset('static-wsd'))
+    return scale_parts(row_config('static-wsd'))
 
 def test_row_names():
     assert ROWS == ('static-cosine', 'static-wsd', 'dp-p10-25', 'dp-p8-25', 'dp-p8-50', 'dp-p8-75', 'dp-p8-100', 'random-p8-100')
@@ -29,17 +29,17 @@ def test_presets_follow_table1(scale):
               'dp-p8-25': ('wsd', 'easiest', .25), 'dp-p8-50': ('wsd', 'easiest', .5), 'dp-p8-75': ('wsd', 'easiest', .75),
               'dp-p8-100': ('wsd', 'easiest', 1.0), 'random-p8-100': ('wsd', 'random', 1.0)}
     for row, (sched, sel, prune) in expect.items():
-        c = preset(row, scale, **kw)
+        c = row_config(row, scale, **kw)
         assert (c.scheduler, c.selection, c.prune_frac, c.dataset) == (sched, sel, prune, scale), row
         if sel != 'none': assert c.patience == (p10 if 'p10' in row else p8), row
         if sel == 'random': assert c.omega == 0.0
         if sel == 'easiest': assert c.omega > 0
-    base = {f: v for f, v in preset('static-wsd', scale, **kw).to_dict().items() if f not in ('scheduler', 'selection', 'prune_frac', 'patience', 'omega', 'cfg_scale')}
+    base = {f: v for f, v in row_config('static-wsd', scale, **kw).to_dict().items() if f not in ('scheduler', 'selection', 'prune_frac', 'patience', 'omega', 'cfg_scale')}
     for row in ROWS:   # rows differ only in the fields Table 1 varies
-        assert {f: v for f, v in preset(row, scale, **kw).to_dict().items() if f in base} == base, row
+        assert {f: v for f, v in row_config(row, scale, **kw).to_dict().items() if f in base} == base, row
 
 def test_imagenet_presets_are_the_papers():
-    c100, c1k = preset('dp-p8-100', 'imagenet100', **IMAGENET), preset('dp-p8-100', 'imagenet1k', **IMAGENET)
+    c100, c1k = row_config('dp-p8-100', 'imagenet100', **IMAGENET), row_config('dp-p8-100', 'imagenet1k', **IMAGENET)
     assert (c100.pool_size, c1k.pool_size) == (65_000, 650_000)
     assert (c100.lr, c100.batch_size, c1k.lr, c1k.batch_size) == (3e-3, 2048, 1.6e-3, 4096)   # the long version's global batch
     assert (c100.device_batch_size, c1k.device_batch_size) == (64, 128)                         # per device, the rest by gradient accumulation
@@ -47,7 +47,7 @@ def test_imagenet_presets_are_the_papers():
         assert (c.model, c.omega, c.cfg_scale, c.cfg_scale_init, c.scheduler) == ('vit_base_patch16_224', 0.05, 4.0, 3.0, 'wsd')
         assert (c.label_smoothing, c.mixup, c.cutmix) == (0.11, 0.5, 1.0) and c.ema_decay > 0
         assert c.image_size == 224                     # the classifier trains at 224, not at SD's 512
-    assert preset('random-p8-100', 'imagenet100', **IMAGENET).cfg_scale == 3.0          # random regeneration: the no-feedback lambda
+    assert row_config('random-p8-100', 'imagenet100', **IMAGENET).cfg_scale == 3.0          # random regeneration: the no-feedback lambda
 
 def test_tiny_run_schema(tmp_path, parts):
     res = reproduce('digits', seeds=[0], rows=['static-wsd', 'dp-p8-100'], out=tmp_path, progress=False, generator=parts[0], data=parts[1], **TINY)
@@ -58,7 +58,7 @@ def test_tiny_run_schema(tmp_path, parts):
         assert [h['epoch'] for h in r['history']] == [1, 2, 3]
         assert all(set(h) == {'epoch', 'n_generated', 'val_acc', 'test_acc'} for h in r['history'])
         assert r['test_acc'] == r['history'][-1]['test_acc'] and r['n_generated'] == r['history'][-1]['n_generated']
-        assert r['config'] == preset(r['row'], seed=0, **TINY).to_dict() and r['wall_s'] > 0
+        assert r['config'] == row_config(r['row'], seed=0, **TINY).to_dict() and r['wall_s'] > 0
     assert saved[0]['n_generated'] == 40 and saved[1]['n_generated'] > 40          # static never regenerates, DP did
     md = (tmp_path / TABLE).read_text()
     assert '| static-wsd | WSD | - | 0% |' in md and '32.96' in md and '| dp-p8-100 | WSD | 1 (8) | 100% |' in md
@@ -66,7 +66,7 @@ def test_tiny_run_schema(tmp_path, parts):
 
 def test_crash_continue(tmp_path, parts, monkeypatch):
     gen, data = parts
-    cfg_a, cfg_b = preset('static-wsd', seed=0, **TINY), preset('dp-p8-100', seed=0, **TINY)
+    cfg_a, cfg_b = row_config('static-wsd', seed=0, **TINY), row_config('dp-p8-100', seed=0, **TINY)
     a = run_row(cfg_a, 'static-wsd', tmp_path, gen, data)                          # finished before the crash
     DPTrainer(cfg_b, generator=gen, data=data, out=run_dir(tmp_path, 'dp-p8-100', 0)).fit(stop_after=2)   # killed after epoch 2
     assert (run_dir(tmp_path, 'dp-p8-100', 0) / CHECKPOINT).exists() and not (run_dir(tmp_path, 'dp-p8-100', 0) / RESULT).exists()
@@ -81,9 +81,9 @@ def test_crash_continue(tmp_path, parts, monkeypatch):
     assert [(h['val_acc'], h['n_generated']) for h in fresh['history']] == [(h['val_acc'], h['n_generated']) for h in res[1]['history']]
 
 def test_other_config_in_out_is_an_error(tmp_path, parts):
-    run_row(preset('static-wsd', seed=0, **TINY), 'static-wsd', tmp_path, *parts)
+    run_row(row_config('static-wsd', seed=0, **TINY), 'static-wsd', tmp_path, *parts)
     with pytest.raises(ValueError, match='another config'):
-        run_row(preset('static-wsd', seed=0, **dict(TINY, epochs=4)), 'static-wsd', tmp_path, *parts)
+        run_row(row_config('static-wsd', seed=0, **dict(TINY, epochs=4)), 'static-wsd', tmp_path, *parts)
 
 def _results_dir(tmp_path):
     src = Path(__file__).parents[1] / 'nbs' / 'ablation_digits' / RESULTS
@@ -127,32 +127,32 @@ def test_imagenet_parts_at_image_size(tmp_path):
             (tmp_path / 'in' / split / w).mkdir(parents=True)
             Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / 'in' / split / w / f'{w}_0.png')
     StableDiffusionGenerator(**tiny_sd_components(), class_names=['tench']).save_pretrained(tmp_path / 'sd')
-    cfg = preset('dp-p8-100', 'imagenet100', data_root=str(tmp_path / 'in'), sd_path=str(tmp_path / 'sd'), device='cpu', image_size=24)
+    cfg = row_config('dp-p8-100', 'imagenet100', data_root=str(tmp_path / 'in'), sd_path=str(tmp_path / 'sd'), device='cpu', image_size=24)
     gen, data = scale_parts(cfg)
     assert (gen.image_shape, gen.generation_size) == ((3, 24, 24), 16)
     assert gen.sample([0, 5], n_steps=2).shape == (2, 3, 24, 24)
     assert data['val'][0][0].shape == data['test'][0][0].shape == (3, 24, 24)
     with pytest.raises(ValueError, match='image_size is 32 but the generator returns'):
-        _default_parts(preset('dp-p8-100', 'imagenet100', **IMAGENET, device='cpu', image_size=32), gen, data, None)
+        _default_parts(row_config('dp-p8-100', 'imagenet100', **IMAGENET, device='cpu', image_size=32), gen, data, None)
 
 
 def test_rows_of_a_seed_share_the_pool_each_would_build(parts):
     "Every row's own initial pool is the shared one, bit for bit: no row field enters the pool (so sharing it changes nothing)."
     gen, data = parts
-    cfgs = [preset(r, seed=3, pool_size=30, n_steps=3) for r in ROWS]
+    cfgs = [row_config(r, seed=3, pool_size=30, n_steps=3) for r in ROWS]
     assert len({pool_key(c) for c in cfgs}) == 1
     shared, _ = initial_pool(cfgs[0], gen, data)
     for c in cfgs[1:]:
         t = DPTrainer(c, generator=gen, data=data); t.build_pool()
         assert torch.equal(t.pool.get_images(list(range(len(t.pool)))), shared.get_images(list(range(len(shared))))) and torch.equal(t.pool.labels, shared.labels)
-    other, _ = initial_pool(preset('static-wsd', seed=4, pool_size=30, n_steps=3), gen, data)
+    other, _ = initial_pool(row_config('static-wsd', seed=4, pool_size=30, n_steps=3), gen, data)
     assert not torch.equal(other.get_images(list(range(30))), shared.get_images(list(range(30))))
 
 def test_a_row_from_the_shared_pool_is_the_row_run_alone(tmp_path, parts):
     gen, data = parts
-    cfg = preset('dp-p8-100', seed=0, **TINY)
+    cfg = row_config('dp-p8-100', seed=0, **TINY)
     alone = run_row(cfg, 'dp-p8-100', tmp_path / 'alone', gen, data)
-    shared = run_row(cfg, 'dp-p8-100', tmp_path / 'shared', gen, data, initial_pool=initial_pool(preset('static-wsd', seed=0, **TINY), gen, data))
+    shared = run_row(cfg, 'dp-p8-100', tmp_path / 'shared', gen, data, initial_pool=initial_pool(row_config('static-wsd', seed=0, **TINY), gen, data))
     strip = lambda r: {k: v for k, v in r.items() if k != 'wall_s'}
     assert strip(alone) == strip(shared) and alone['refreshes'] >= 1
 
@@ -199,8 +199,8 @@ def test_image_share_per_seed():
 def test_real_row_trains_on_the_generators_real_images(tmp_path):
     "The real-data row of the k=10 generator: 100 real gen digits, nothing generated, the static WSD schedule."
     from deliberate_practice.ablation import real_images, scale_rows
-    cfg = preset(REAL_ROW, seed=0, digits_generator='digits_unet_k10', **TINY)
-    assert {k: v for k, v in cfg.to_dict().items()} == preset('static-wsd', seed=0, digits_generator='digits_unet_k10', **TINY).to_dict()
+    cfg = row_config(REAL_ROW, seed=0, digits_generator='digits_unet_k10', **TINY)
+    assert {k: v for k, v in cfg.to_dict().items()} == row_config('static-wsd', seed=0, digits_generator='digits_unet_k10', **TINY).to_dict()
     x, y = real_images(cfg)
     assert len(y) == 100 and torch.bincount(y).tolist() == [10] * 10
     r = reproduce('digits', seeds=[0], rows=[REAL_ROW], out=tmp_path, progress=False, digits_generator='digits_unet_k10', **TINY)[0]

@@ -210,14 +210,14 @@ def test_bad_input_one_line(case, setup, msg, parts, tmp_path, capsys):
 
 def test_malicious_checkpoint_runs_nothing(parts, tmp_path, capsys):
     "A crafted checkpoint.pt is refused by `--resume` and by dp-reproduce's resume path, and its code never runs."
-    from deliberate_practice.ablation import run_row, preset
+    from deliberate_practice.ablation import run_row, row_config
     marker = tmp_path / 'pwned'
     argv = _ckpt(tmp_path, parts, lambda c: torch.save({'config': Evil(marker)}, c))
     code, err = _run(argv), capsys.readouterr().err
     good = code == 2 and 'refused, nothing in it ran' in err and err.count('\n') == 1 and not marker.exists()
     BAD_INPUTS.append(('checkpoint: malicious pickle', good))
     assert good, err
-    cfg = preset('dp-p8-100', seed=1, pool_size=20, epochs=2)
+    cfg = row_config('dp-p8-100', seed=1, pool_size=20, epochs=2)
     (tmp_path / 'repro' / 'runs' / 'dp-p8-100-s1').mkdir(parents=True)
     torch.save({'config': Evil(marker)}, tmp_path / 'repro' / 'runs' / 'dp-p8-100-s1' / 'checkpoint.pt')
     with pytest.raises(ValueError, match='refused, nothing in it ran'): run_row(cfg, 'dp-p8-100', tmp_path / 'repro')

@@ -12,7 +12,7 @@ def test_reproduce_generates_each_seeds_pool_once_and_rows_equal_their_own_pool_
     "Tiny SD, the ImageNet-100 layout, 2 rows x 1 seed: the initial pool is generated once (the log says so); each row equals a run that generated its own pool."
     from deliberate_practice.data import IMAGENET100_WNIDS
     from deliberate_practice.generators import StableDiffusionGenerator, tiny_sd_components
-    from deliberate_practice.ablation import reproduce, run_row, preset, scale_parts, shared_pool_dir, POOLS
+    from deliberate_practice.ablation import reproduce, run_row, row_config, scale_parts, shared_pool_dir, POOLS
     from deliberate_practice.store import INDEX
     from deliberate_practice.pool import Pool
     torch.set_num_threads(1)
@@ -22,17 +22,17 @@ def test_reproduce_generates_each_seeds_pool_once_and_rows_equal_their_own_pool_
               batch_size=100, device_batch_size=None, epochs=3, patience=1, n_steps=2, mixup=0.0, cutmix=0.0, ema_decay=0.0, decay_frac=0.0, lr=1e-6,
               gen_batch_size=50, guidance_batch_size=50, num_workers=0)
     rows = ['static-wsd', 'dp-p8-100']
-    gen, data = scale_parts(preset(rows[0], 'imagenet100', seed=0, **kw))
+    gen, data = scale_parts(row_config(rows[0], 'imagenet100', seed=0, **kw))
     shared = reproduce('imagenet100', seeds=[0], rows=rows, out=tmp_path / 'rep', progress=True, generator=gen, data=data, **kw)
     log = capsys.readouterr().out
     assert log.count('generating its initial pool once') == 1, log
     assert log.count('starts from the shared initial pool') == 2, log
-    d = shared_pool_dir(tmp_path / 'rep', preset(rows[0], 'imagenet100', seed=0, **kw))
+    d = shared_pool_dir(tmp_path / 'rep', row_config(rows[0], 'imagenet100', seed=0, **kw))
     assert (d / INDEX).exists() and [p.name for p in (tmp_path / 'rep' / POOLS).iterdir()] == [d.name]
     for r in rows:                                                  # each row's pool holds links to the shared shards, none of its own initial images
         assert os.stat(tmp_path / 'rep' / 'runs' / f'{r}-s0' / 'pool' / 'shard-00000000.safetensors').st_ino == os.stat(d / 'shard-00000000.safetensors').st_ino \
             or r != 'static-wsd'
-    alone = [run_row(preset(r, 'imagenet100', seed=0, **kw), r, tmp_path / 'alone', gen, data) for r in rows]
+    alone = [run_row(row_config(r, 'imagenet100', seed=0, **kw), r, tmp_path / 'alone', gen, data) for r in rows]
     strip = lambda res: {k: v for k, v in res.items() if k != 'wall_s'}
     assert [strip(a) for a in alone] == [strip(s) for s in shared]
     from deliberate_practice.store import read_checkpoint
