@@ -13,7 +13,6 @@ __all__ = ['NULL_LABEL', 'DIGITS_SCHEDULE', 'DIGITS_UNET_CONFIG', 'DIGITS_TRAINI
 import hashlib
 import json
 import math
-from importlib.resources import files
 from typing import Protocol, runtime_checkable
 from pathlib import Path
 import torch
@@ -28,9 +27,8 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from .ddim import alpha_bars
 from .guidance import GuidanceStats, guided_ddim_sample
-from .config import DPConfig
 from .data import dataset_entry, check_labels
-from .config import DIGITS_WEIGHTS, digits_weights
+from .config import DPConfig, DIGITS_WEIGHTS, digits_weights
 
 # %% ../nbs/05_generators.ipynb #7835d1f7
 @runtime_checkable

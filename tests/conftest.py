@@ -1,7 +1,16 @@
-"Shared test hooks: the bad-input suite's and the preemption suite's tallies are printed at the end of the run (CI shows them)."
+"Shared test hooks and fixtures: `one_thread`; the bad-input suite's and the preemption suite's tallies are printed at the end of the run (CI shows them)."
 
 BAD_INPUTS = []   # (case id, gave its one-line message?) appended by tests/test_bad_inputs.py
 PREEMPTION = []   # one dict per kill-and-resume case of tests/test_preemption.py: run, stage, signal, identical, redone
+import pytest
+
+@pytest.fixture(scope='module')
+def one_thread():
+    "One torch thread for a module of tiny models: on a shared 2-core machine several times faster than two (results do not depend on it)."
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 def pytest_terminal_summary(terminalreporter):
     if BAD_INPUTS:

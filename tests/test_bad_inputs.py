@@ -11,11 +11,7 @@ from conftest import BAD_INPUTS, imagenet_layout
 
 TINY = ['--pool-size', '20', '--n-steps', '2', '--epochs', '2', '--batch-size', '10', '--quiet']
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest: one torch thread for this module
 
 def _run(argv)->int:
     try: dp_train([str(a) for a in argv])

@@ -6,19 +6,14 @@ import torch
 from deliberate_practice.cli import dp_train
 from conftest import imagenet_layout
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    import torch
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest: one torch thread for this module
 
 def _run(argv):
     try: dp_train(argv)
     except SystemExit as e: return e.code
     return 0
 
-ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')   # tiny models: one thread (see test_trainer.one_thread)
+ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1')   # tiny models: one thread (see conftest.one_thread)
 FLAGS = ['--pool-size', '60', '--n-steps', '4', '--epochs', '6', '--patience', '1', '--batch-size', '16', '--quiet']
 
 def test_bad_flag_subprocess_no_traceback(tmp_path):

@@ -12,11 +12,7 @@ LAUNCH = ['accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--num_
           '--dynamo_backend', 'no', '--main_process_port', '0']
 FLAGS = ['--pool-size', '60', '--n-steps', '4', '--epochs', '8', '--patience', '1', '--batch-size', '16', '--quiet']
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest: one torch thread for this module
 
 POOL_SCRIPT = textwrap.dedent('''
     import sys, torch

@@ -10,13 +10,7 @@ from deliberate_practice.generators import (DIGITS_TRAINING, SD_SUBFOLDERS, Stab
                                             train_digits_generator, DigitsGenerator, check_sd_folder)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny tensors: on a shared 2-core machine one torch thread is several times faster than two."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope='module')

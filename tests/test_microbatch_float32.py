@@ -18,13 +18,7 @@ KW = dict(omega=0.2, cfg_scale=2.0, n_steps=10, seed=0)   # the digits preset's 
 LABELS = torch.arange(100) % 10
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny tensors: one torch thread is faster on the shared machine (results do not depend on it)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope='module')

@@ -90,12 +90,7 @@ def test_decay_phase_matches_schedule():
 TINY = dict(pool_size=40, n_steps=4, patience=1, batch_size=16)
 strip = lambda h: [{k: v for k, v in r.items() if k != 'wall_s'} for r in h]
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny models on a shared 2-core machine: one intra-op thread is 10x faster than two under load (and no slower without)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest: one torch thread for this module
 
 @pytest.fixture(scope='module')
 def parts():
