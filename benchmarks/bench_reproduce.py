@@ -5,14 +5,19 @@
 1. start-up: `python -c "import deliberate_practice.ablation"` and the generator + data load (`scale_parts`), in fresh subprocesses;
 2. one run, by part: the initial pool (100 images, shared by the rows of a seed) against a whole run;
 3. the outputs: `results.json` alone against `results.json` + `results.md` + `scaling.png` (what a reproduction wrote after every run before);
-4. the runs: `reproduce` in this process with one thread, with `--workers` threads, and in `--workers` spawned processes of one thread each,
+4. the runs: `reproduce` in this process with one thread, with `--workers` threads, and in `--workers` processes of one thread each,
    same configurations, with the check that the workers give the one-thread numbers;
 5. generation in one batch (`gen_batch_size=None`) against batches of 100, per image, at 1,600 images.
+`--table` instead times the whole digits table (8 rows x 9 seeds, `--workers` processes) twice, side by side: as it ran before issue 28
+(spawned workers that import the stack again, the test split every epoch) and as it runs now (forked workers, the test split at the last
+epoch only, `row_config`'s `test_every=0`), and checks that both give the same table.
 The machine is shared: every case prints the load average beside it, and ratios are what to compare. Never asserts on time.
 """
 import argparse, os, statistics, subprocess, sys, tempfile, time
 import torch
-from deliberate_practice.ablation import ROWS, row_config, reproduce, scale_parts, initial_pool, run_row, write_outputs
+from unittest import mock
+import deliberate_practice.ablation as ablation
+from deliberate_practice.ablation import SEEDS, ROWS, row_config, reproduce, scale_parts, initial_pool, run_row, write_outputs
 
 def _load(): return ' '.join(f'{x:.1f}' for x in os.getloadavg())
 
@@ -59,8 +64,22 @@ def main(rows=4, seeds=2, epochs=20, workers=2):
     cap_s, _ = _timed(lambda: gen.sample(labels, n_steps=10, seed=0, batch_size=100))
     print(f"1,600 images, 10 DDIM steps: one batch {one_s:.1f} s, batches of 100 {cap_s:.1f} s (one batch / capped: {one_s / cap_s:.2f}x)   (load {_load()})")
 
+def table(workers=2):
+    "The whole digits table, the way it ran before (spawn, test every epoch) and now, side by side; the same numbers?"
+    torch.set_num_threads(1)
+    def run(**kw): return _timed(lambda: reproduce('digits', SEEDS, ROWS, tempfile.mkdtemp(), progress=False, workers=workers, **kw))
+    with mock.patch.object(ablation, 'WORKER_START', 'spawn'): before_s, a = run(test_every=1)
+    now_s, b = run()
+    last = lambda r: {k: v for k, v in r.items() if k not in ('wall_s', 'config', 'history')}
+    curve = lambda h: [{**e, 'wall_s': 0, 'test_acc': e['test_acc'] if i == len(h) - 1 else None} for i, e in enumerate(h)]
+    same = [(last(r), curve(r['history'])) for r in a] == [(last(r), curve(r['history'])) for r in b]
+    print(f"digits table, {len(a)} runs, {workers} workers: before {before_s:.0f} s, now {now_s:.0f} s ({before_s / now_s:.2f}x faster); "
+          f"same results and val curves: {same}   (load {_load()})")
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--rows', type=int, default=4); p.add_argument('--seeds', type=int, default=2)
     p.add_argument('--epochs', type=int, default=20); p.add_argument('--workers', type=int, default=2)
-    main(**vars(p.parse_args()))
+    p.add_argument('--table', action='store_true', help='only the whole digits table, before and now (about 11 min on 2 cores)')
+    a = p.parse_args()
+    table(a.workers) if a.table else main(a.rows, a.seeds, a.epochs, a.workers)

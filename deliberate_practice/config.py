@@ -71,7 +71,7 @@ class DPConfig:
     batch_size:int = 32           # global training batch size, split over the processes: the same optimisation on 1 or 32 GPUs
     device_batch_size:int|None = None  # most images one process puts through the classifier at once; gradient accumulation makes up the rest (None: no accumulation)
     mixed_precision:str = 'no'    # accelerate's training precision: no, bf16 or fp16 (fp16 needs CUDA)
-    num_workers:int = 0           # DataLoader workers reading the real val/test images (Dataset splits)
+    num_workers:int = 0           # DataLoader workers reading the pool and the real val/test images
     test_every:int = 1            # evaluate the real test split every `test_every` epochs and at the last (0: only at the last)
     scheduler:str = 'wsd'         # learning-rate schedule: 'wsd' (Warmup-Stable-Decay) or 'cosine'
     warmup_frac:float = 0.1       # fraction of steps in the linear warmup
@@ -270,7 +270,7 @@ def row_config(row:str,             # one of `ROWS`, or `REAL_ROW`
     if unknown: raise ValueError(f"overrides must be DPConfig fields, got {sorted(unknown)}")
     q = dict(QUICK[scale]) if quick else {}
     patience = q.pop('patience', PATIENCE[scale])
-    kw = {**SCALES[scale], **q, **_row_settings(row, patience), **overrides}
+    kw = {**SCALES[scale], 'test_every': 0, **q, **_row_settings(row, patience), **overrides}   # the table reads the test split at the last epoch only
     if row == REAL_ROW and kw.get('real_train'): kw['real_weight'] = 0.0   # its pool is the real images: not mixed in a second time
     if row_kind(row) == 'random': kw.update(omega=0.0, cfg_scale=kw.get('cfg_scale_init', DPConfig.cfg_scale_init))   # random regeneration has no feedback, whatever the overrides
     return DPConfig(**kw)

@@ -309,7 +309,8 @@ def train_epoch(self:DPTrainer)->tuple:
     "One epoch on the pool (the rest of it, resuming a checkpoint written inside it); returns (mean training entropy, last lr)."
     c, m, dev, at = self.cfg, self.train_model, self.device, self._at or dict(batch=0, ent=torch.zeros(()), n=0, lr=None)
     order, ds = self._epoch_order(), self.pool if not self.n_real_draws else PoolAndReal(self.pool, self.real)
-    dl = DataLoader(ds, c.batch_size, sampler=order[at['batch'] * c.batch_size:], drop_last=self.mixup is not None)
+    dl = DataLoader(ds, c.batch_size, sampler=order[at['batch'] * c.batch_size:], drop_last=self.mixup is not None,
+                    num_workers=c.num_workers, pin_memory=dev.type == 'cuda')   # the batches are the same for any num_workers
     if self.world > 1: dl = self.acc.prepare_data_loader(dl)          # each process: its share of each global batch
     ent, n = _own_sums(at, self.dist.process_index, self.world)       # a resumed epoch's partial sums: each process its own
     ent, lr, k, left = ent.to(dev), at['lr'], at['batch'], len(dl)
