@@ -67,6 +67,7 @@ def test_command_resolves_to_what_it_claims(src, cmd, argv, tmp_path):
     assert {c['dataset'] for c in cfgs} == {SCALES[ns.scale].get('dataset', 'digits')}
     for c in cfgs:
         if c['row'] == 'dp-p8-100' and not ns.quick:                      # the scale's dp-p8-100 row is its dp-train preset
-            paths = {k: c[k] for k in ('data_root', 'sd_path', 'device', 'seed')}
+            paths = {k: c[k] for k in ('data_root', 'sd_path', 'device', 'seed', 'test_every')}
             assert {k: v for k, v in c.items() if k != 'row'} == trainer.preset(ns.scale, **paths).to_dict()
+            assert c['test_every'] == 0                                       # rows score the test split at the end only
         if ns.scale in IMAGENET: assert c['pool_size'] == IMAGENET[ns.scale] and c['model'] == 'vit_base_patch16_224'
