@@ -10,8 +10,10 @@ import sys
 
 # %% ../nbs/13_main.ipynb #7e6d2af9
 COMMANDS = dict(train=('dp-train', 'run (or resume) Deliberate Practice training into --out'),
-                reproduce=('dp-reproduce', "the paper's ablation (Table 1, Fig. 2) over seeds, with its claims tested"),
-                generate=('dp-generate', 'one worker of an initial pool made offline (SLURM arrays, several machines)'),
+                reproduce=('dp-reproduce', "the paper's ablation (Table 1, Fig. 2) over seeds, with its "
+                           "claims tested"),
+                generate=('dp-generate', 'one worker of an initial pool made offline (SLURM arrays, several '
+                          'machines)'),
                 pool=('dp-pool', "a pool as data: export, import, gallery"))
 
 # %% ../nbs/13_main.ipynb #582b8052
@@ -26,7 +28,8 @@ def command(name:str):  # a key of `COMMANDS`
 # %% ../nbs/13_main.ipynb #24dc82c0
 def usage()->str:
     "The help of `python -m deliberate_practice`: one line per sub-command."
-    return ('usage: python -m deliberate_practice {' + ','.join(COMMANDS) + '} [flags]\n\ncommands (each takes its script\'s flags; COMMAND --help):\n'
+    return ('usage: python -m deliberate_practice {' + ','.join(COMMANDS) + '} [flags]\n\ncommands (each '
+            'takes its script\'s flags; COMMAND --help):\n'
             + '\n'.join(f'  {k:<10} {v[0]:<13} {v[1]}' for k, v in COMMANDS.items()))
 
 # %% ../nbs/13_main.ipynb #8d94c54b
@@ -37,7 +40,8 @@ def main(argv:list=None):  # command-line arguments (default: sys.argv[1:])
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
-        sys.stderr.write(f"python -m deliberate_practice: error: unknown command {argv[0]!r}: choose from {', '.join(COMMANDS)}\n")
+        sys.stderr.write(f"python -m deliberate_practice: error: unknown command {argv[0]!r}: choose from "
+                         f"{', '.join(COMMANDS)}\n")
         return 2
     return command(argv[0])(argv[1:])
 

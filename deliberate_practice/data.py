@@ -40,14 +40,15 @@ def check_labels(labels,              # class indices: list, numpy array or tens
         raise ValueError(f"labels must be integer class indices, got dtype {t.dtype}")
     t = t.long().cpu()
     if t.min() < 0 or (n_classes is not None and t.max() >= n_classes):
-        raise ValueError(f"labels must lie in [0, {n_classes if n_classes is not None else 'inf'}), got values from {t.min().item()} to {t.max().item()}")
+        raise ValueError(f"labels must lie in [0, {n_classes if n_classes is not None else 'inf'}), got "
+                         f"values from {t.min().item()} to {t.max().item()}")
     return t
 
 # %% ../nbs/03_data.ipynb #7c6060b1
 def balanced_labels(k:int,    # labels to make
                     counts,   # an int n: n equal classes; or one count (weight) per class
                    )->Tensor: # int64 (k,) class indices
-    "`k` labels interleaved over the classes in proportion to `counts`: `n` equal classes give 0, 1, .., n-1, 0, 1, ..."
+    "`k` labels interleaved over the classes in proportion to `counts`: `n` classes give 0, .., n-1, 0, ..."
     counts = torch.full((counts,), -(-k // counts)) if isinstance(counts, int) else torch.as_tensor(counts)
     cls = torch.arange(len(counts)).repeat_interleave(counts)
     frac = torch.cat([(torch.arange(int(c)) + 0.5) / int(c) for c in counts if c > 0])
@@ -64,9 +65,9 @@ DIGITS_CLASSES = [str(i) for i in range(10)]
 
 # %% ../nbs/03_data.ipynb #a834f632
 def digits_splits(seed:int=0,     # `random_state` of both stratified splits
-                  n_gen:int=900,  # images in the `gen` split (diffusion model / reference classifier training)
-                  n_val:int=300,  # images in the real `val` split (drives patience); the remaining 1797 - n_gen - n_val are `test`
-                 )->dict:         # dict(gen=(x, y), val=(x, y), test=(x, y)); x float32 (N, 1, 8, 8) in [0, 1], y int64
+                  n_gen:int=900,  # images in the `gen` split (trains the generator, reference classifier)
+                  n_val:int=300,  # images in the real `val` split (drives patience); the rest are `test`
+                 )->dict:         # dict(gen=(x, y), val=.., test=..); x float32 (N, 1, 8, 8) in [0, 1]
     "Stratified, deterministic gen/val/test split of scikit-learn's 1797 8x8 digits."
     d = load_digits()
     n = len(d.target)
@@ -79,7 +80,8 @@ def digits_splits(seed:int=0,     # `random_state` of both stratified splits
     idx = np.arange(n)
     gen_idx, rest = train_test_split(idx, train_size=n_gen, stratify=d.target, random_state=seed)
     val_idx, test_idx = train_test_split(rest, train_size=n_val, stratify=d.target[rest], random_state=seed)
-    return {k: (x[np.sort(i)], y[np.sort(i)]) for k, i in (('gen', gen_idx), ('val', val_idx), ('test', test_idx))}
+    return {k: (x[np.sort(i)], y[np.sort(i)])
+            for k, i in (('gen', gen_idx), ('val', val_idx), ('test', test_idx))}
 
 # %% ../nbs/03_data.ipynb #e096ed47
 def digits_per_class(split:tuple,   # (x, y) tensors, e.g. `digits_splits()['gen']`
@@ -90,42 +92,49 @@ def digits_per_class(split:tuple,   # (x, y) tensors, e.g. `digits_splits()['gen
     x, y = split
     counts = torch.bincount(y)
     if not (isinstance(k, (int, np.integer)) and 1 <= k <= int(counts.min())):
-        raise ValueError(f"k must be an integer in [1, {int(counts.min())}] (the smallest class of the split), got {k!r}")
+        raise ValueError(f"k must be an integer in [1, {int(counts.min())}] (the smallest class of the "
+                         f"split), got {k!r}")
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     rank = torch.empty_like(y)
-    for c in range(len(counts)):                                          # rank of each image among its class, in shuffled order
+    # rank of each image among its class, in shuffled order
+    for c in range(len(counts)):
         m = y[order] == c
         rank[order[m]] = torch.arange(int(m.sum()))
     keep = (rank < k).nonzero()[:, 0]
     return x[keep], y[keep]
 
 # %% ../nbs/03_data.ipynb #fc335232
-IMAGENET100_WNIDS = """n02869837 n01749939 n02488291 n02107142 n13037406 n02091831 n04517823 n04589890 n03062245 n01773797
-n01735189 n07831146 n07753275 n03085013 n04485082 n02105505 n01983481 n02788148 n03530642 n04435653 n02086910 n02859443 n13040303
-n03594734 n02085620 n02099849 n01558993 n04493381 n02109047 n04111531 n02877765 n04429376 n02009229 n01978455 n02106550 n01820546
-n01692333 n07714571 n02974003 n02114855 n03785016 n03764736 n03775546 n02087046 n07836838 n04099969 n04592741 n03891251 n02701002
-n03379051 n02259212 n07715103 n03947888 n04026417 n02326432 n03637318 n01980166 n02113799 n02086240 n03903868 n02483362 n04127249
-n02089973 n03017168 n02093428 n02804414 n02396427 n04418357 n02172182 n01729322 n02113978 n03787032 n02089867 n02119022 n03777754
-n04238763 n02231487 n03032252 n02138441 n02104029 n03837869 n03494278 n04136333 n03794056 n03492542 n02018207 n04067472 n03930630
-n03584829 n02123045 n04229816 n02100583 n03642806 n04336792 n03259280 n02116738 n02108089 n03424325 n01855672 n02090622""".split()
+IMAGENET100_WNIDS = """n02869837 n01749939 n02488291 n02107142 n13037406 n02091831 n04517823 n04589890
+n03062245 n01773797 n01735189 n07831146 n07753275 n03085013 n04485082 n02105505 n01983481 n02788148 n03530642
+n04435653 n02086910 n02859443 n13040303 n03594734 n02085620 n02099849 n01558993 n04493381 n02109047 n04111531
+n02877765 n04429376 n02009229 n01978455 n02106550 n01820546 n01692333 n07714571 n02974003 n02114855 n03785016
+n03764736 n03775546 n02087046 n07836838 n04099969 n04592741 n03891251 n02701002 n03379051 n02259212 n07715103
+n03947888 n04026417 n02326432 n03637318 n01980166 n02113799 n02086240 n03903868 n02483362 n04127249 n02089973
+n03017168 n02093428 n02804414 n02396427 n04418357 n02172182 n01729322 n02113978 n03787032 n02089867 n02119022
+n03777754 n04238763 n02231487 n03032252 n02138441 n02104029 n03837869 n03494278 n04136333 n03794056 n03492542
+n02018207 n04067472 n03930630 n03584829 n02123045 n04229816 n02100583 n03642806 n04336792 n03259280 n02116738
+n02108089 n03424325 n01855672 n02090622""".split()
 
 IMAGENET1K_WNIDS = list(ImageNetInfo().label_names())
 
 # %% ../nbs/03_data.ipynb #2a7e2ad8
-def imagenet_class_names(wnids:list=None,  # ImageNet(-21k) wnids, e.g. `IMAGENET100_WNIDS`; None = all 1000 (`IMAGENET1K_WNIDS`)
-                         full:bool=False,  # every WordNet lemma ("bonnet, poke bonnet") instead of the first ("bonnet")
+def imagenet_class_names(wnids:list=None,  # ImageNet(-21k) wnids; None = all 1000 (`IMAGENET1K_WNIDS`)
+                         full:bool=False,  # every WordNet lemma ("bonnet, poke bonnet"), not the first
                         )->list:           # one name per wnid, in order
     "Human-readable names of ImageNet classes, from timm's offline `ImageNetInfo`."
     info = ImageNetInfo()
     wnids = IMAGENET1K_WNIDS if wnids is None else list(wnids)
     def describe(w):
         try: return info.label_name_to_description(w)
-        except KeyError: raise ValueError(f"wnids must be WordNet ids known to ImageNet-21k like 'n01440764', got {w!r}") from None
+        except KeyError:
+            raise ValueError(f"wnids must be WordNet ids known to ImageNet-21k like 'n01440764', "
+                             f"got {w!r}") from None
     names = [describe(w) for w in wnids]
     return names if full else [n.split(',')[0].strip() for n in names]
 
 # %% ../nbs/03_data.ipynb #949aedef
-PROMPT_NAMES = {  # wnid -> the name a prompt uses where the first WordNet lemma is ambiguous; comment: the WordNet entry
+# wnid -> the name a prompt uses where the first WordNet lemma is ambiguous; comment: the WordNet entry
+PROMPT_NAMES = {
     # ImageNet-100, a synonym of the class's own:
     'n03947888': 'pirate ship',        # pirate, pirate ship: a ship that is manned by pirates
     'n03930630': 'pickup truck',       # pickup, pickup truck: a light truck with an open body and low sides
@@ -133,27 +142,36 @@ PROMPT_NAMES = {  # wnid -> the name a prompt uses where the first WordNet lemma
     'n03032252': 'movie theater',      # cinema, movie theater, ...: a theater where films are shown
     'n03594734': 'blue jean',          # jean, blue jean, denim: close-fitting trousers of heavy denim
     'n04493381': 'vat',                # tub, vat: a large open vessel for holding or storing liquids
-    'n02231487': 'stick insect',       # walking stick, stick insect: tropical insects having long twiglike bodies
-    'n04517823': 'vacuum cleaner',     # vacuum, vacuum cleaner: an electrical home appliance that cleans by suction
+    # walking stick, stick insect: tropical insects having long twiglike bodies
+    'n02231487': 'stick insect',
+    # vacuum, vacuum cleaner: an electrical home appliance that cleans by suction
+    'n04517823': 'vacuum cleaner',
     # ImageNet-100, the lemma and a word of its gloss:
     'n02108089': 'boxer dog',          # boxer: a breed of stocky medium-sized short-haired dog
-    'n04592741': 'airplane wing',      # wing: one of the horizontal airfoils on either side of the fuselage of an airplane
-    'n03584829': 'clothes iron',       # iron, smoothing iron: home appliance ... heated and used to smooth cloth
-    'n04067472': 'fishing reel',       # reel: winder ... a revolving spool with a handle; attached to a fishing rod
-    'n03017168': 'orchestral chime',   # chime, bell, gong: a set of tuned bells ...; used as an orchestral instrument
-    'n04336792': 'medical stretcher',  # stretcher: a litter for transporting people who are ill or wounded or dead
+    # wing: one of the horizontal airfoils on either side of the fuselage of an airplane
+    'n04592741': 'airplane wing',
+    # iron, smoothing iron: home appliance ... heated and used to smooth cloth
+    'n03584829': 'clothes iron',
+    # reel: winder ... a revolving spool with a handle; attached to a fishing rod
+    'n04067472': 'fishing reel',
+    # chime, bell, gong: a set of tuned bells ...; used as an orchestral instrument
+    'n03017168': 'orchestral chime',
+    # stretcher: a litter for transporting people who are ill or wounded or dead
+    'n04336792': 'medical stretcher',
     # ImageNet-1k, first lemmas two classes share:
     'n02012849': 'crane bird',         # crane: large long-necked wading bird of marshes and plains
-    'n03126707': 'construction crane', # crane: lifts and moves heavy objects; ... suspended from a pivoted boom
+    # crane: lifts and moves heavy objects; ... suspended from a pivoted boom
+    'n03126707': 'construction crane',
     'n03710637': 'dance maillot',      # maillot: tights for dancers or gymnasts
     'n03710721': 'tank suit',          # maillot, tank suit: a woman's one-piece bathing suit
-    'n02113186': 'Cardigan Welsh corgi',  # Cardigan, Cardigan Welsh corgi (the other: cardigan, a knitted jacket)
+    # Cardigan, Cardigan Welsh corgi (the other: cardigan, a knitted jacket)
+    'n02113186': 'Cardigan Welsh corgi',
 }
 
 # %% ../nbs/03_data.ipynb #a606e2fb
 def imagenet_prompt_names(wnids:list=None,  # ImageNet wnids; None = all 1000 (`IMAGENET1K_WNIDS`)
                          )->list:           # one name per wnid, no two alike
-    "The name a prompt uses for each ImageNet class: `PROMPT_NAMES` where the first lemma is ambiguous, else that lemma."
+    "The name a prompt uses for each ImageNet class: `PROMPT_NAMES` if the first lemma is ambiguous, else it."
     wnids = IMAGENET1K_WNIDS if wnids is None else list(wnids)
     return [PROMPT_NAMES.get(w, n) for w, n in zip(wnids, imagenet_class_names(wnids))]
 
@@ -161,7 +179,8 @@ def imagenet_prompt_names(wnids:list=None,  # ImageNet wnids; None = all 1000 (`
 # %% ../nbs/03_data.ipynb #cc4d4ca0
 def _to_rgb(im:Image.Image)->Image.Image:
     "`im` as 8-bit RGB; 16-bit grayscale (modes starting with 'I') scaled to 8 bits by `value >> 8` first."
-    if im.mode.startswith('I'): im = Image.fromarray((np.asarray(im).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8))
+    if im.mode.startswith('I'):
+        im = Image.fromarray((np.asarray(im).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8))
     return im.convert('RGB')
 
 # %% ../nbs/03_data.ipynb #9c495b5e
@@ -170,7 +189,8 @@ def _read_image(path):
     try:
         with Image.open(path) as im: return _to_rgb(im)
     except Exception as e:
-        raise OSError(f"could not read image file {path!r} ({type(e).__name__}: {e}); delete or replace the file") from e
+        raise OSError(f"could not read image file {path!r} ({type(e).__name__}: {e}); delete or replace the "
+                      "file") from e
 
 # %% ../nbs/03_data.ipynb #f05a0f6e
 def _has_images(d:Path)->bool:
@@ -178,7 +198,8 @@ def _has_images(d:Path)->bool:
 
 # %% ../nbs/03_data.ipynb #a3af9bf4
 def _transform(image_size, train):
-    crop = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()] if train else [v2.Resize(image_size), v2.CenterCrop(image_size)]
+    crop = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()] if train else [
+        v2.Resize(image_size), v2.CenterCrop(image_size)]
     return v2.Compose([v2.ToImage(), *crop, v2.ToDtype(torch.float32, scale=True)])
 
 # %% ../nbs/03_data.ipynb #0a8d7c4e
@@ -188,25 +209,34 @@ class WnidImageFolder(ImageFolder):
     def find_classes(self, directory): return self.wnids, {w: i for i, w in enumerate(self.wnids)}
 
 # %% ../nbs/03_data.ipynb #3c57749f
-def imagenet_folder(root,                  # an ImageNet split folder with one sub-folder per wnid, e.g. `.../imagenet/val`
-                    wnids:list=None,       # classes to keep, label = index in this list; None = all 1000 (`IMAGENET1K_WNIDS`)
-                    image_size:int=224,    # side of the square output images
-                    train:bool=False,      # random-resized-crop + flip instead of resize + center-crop
-                   )->ImageFolder:         # dataset of (float image (3, image_size, image_size) in [0, 1], label)
+def imagenet_folder(root,                # an ImageNet split folder, one sub-folder per wnid, e.g. `.../val`
+                    wnids:list=None,     # classes to keep, label = index in this list; None = all 1000
+                    image_size:int=224,  # side of the square output images
+                    train:bool=False,    # random-resized-crop + flip instead of resize + center-crop
+                   )->ImageFolder:       # (float image (3, image_size, image_size) in [0, 1], label)
     "The images of `wnids` under `root`, as a torchvision `ImageFolder` with labels in `wnids` order."
     root = Path(root).expanduser()
     wnids = IMAGENET1K_WNIDS if wnids is None else list(wnids)
-    if not wnids or len(set(wnids)) != len(wnids): raise ValueError(f"wnids must be a non-empty list without repeats, got {len(wnids)} with {len(set(wnids))} distinct")
-    if not (isinstance(image_size, int) and image_size > 0): raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    if not root.is_dir(): raise FileNotFoundError(f"root {str(root)!r} is not a folder; pass the folder that holds one sub-folder per wnid (e.g. .../imagenet/val)")
+    if not wnids or len(set(wnids)) != len(wnids):
+        raise ValueError(f"wnids must be a non-empty list without repeats, got {len(wnids)} with "
+                         f"{len(set(wnids))} distinct")
+    if not (isinstance(image_size, int) and image_size > 0):
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"root {str(root)!r} is not a folder; pass the folder that holds one "
+                                "sub-folder per wnid (e.g. .../imagenet/val)")
     missing = [w for w in wnids if not (root / w).is_dir()]
     if missing:
-        hint = (" It holds image files directly: the official ILSVRC2012 val/ is flat; sort it into wnid folders first"
-                " (e.g. with the valprep.sh script of the PyTorch ImageNet example)." if _has_images(root) else "")
-        raise FileNotFoundError(f"{len(missing)} of {len(wnids)} class folders are missing under {str(root)!r}, e.g. {missing[:5]}; "
+        hint = (" It holds image files directly: the official ILSVRC2012 val/ is flat; sort it into wnid "
+                "folders first"
+                " (e.g. with the valprep.sh script of the PyTorch ImageNet example)."
+                if _has_images(root) else "")
+        raise FileNotFoundError(f"{len(missing)} of {len(wnids)} class folders are missing under "
+                                f"{str(root)!r}, e.g. {missing[:5]}; "
                                 f"expected {str(root)}/<wnid>/*.JPEG for every wnid.{hint}")
     empty = [w for w in wnids if not _has_images(root / w)]
-    if empty: raise ValueError(f"{len(empty)} class folders under {str(root)!r} hold no images ({', '.join(IMG_EXTENSIONS)}), e.g. {empty[:5]}; "
+    if empty: raise ValueError(f"{len(empty)} class folders under {str(root)!r} hold no images "
+                               f"({', '.join(IMG_EXTENSIONS)}), e.g. {empty[:5]}; "
                                "copy the class's images there or drop the wnid from `wnids`")
     return WnidImageFolder(root, wnids, transform=_transform(image_size, train), loader=_read_image)
 
@@ -214,28 +244,36 @@ def imagenet_folder(root,                  # an ImageNet split folder with one s
 IMAGENET_SUBSETS = {'imagenet100': IMAGENET100_WNIDS, 'imagenet1k': IMAGENET1K_WNIDS}
 
 # %% ../nbs/03_data.ipynb #fe3da97b
-def imagenet_splits(root,                   # ImageNet root holding `train/` and `val/`, each with one sub-folder per wnid
+def imagenet_splits(root,                   # ImageNet root holding `train/` and `val/` (a folder per wnid)
                     subset:str="imagenet100", # one of `IMAGENET_SUBSETS`
                     image_size:int=224,     # side of the square output images
-                   )->dict:                 # dict(val=real val/ images (drive patience), test=real train/ images)
+                   )->dict:                 # dict(val=val/ images (drive patience), test=train/ images)
     "The paper's real evaluation data: ImageNet's `val/` for validation, ImageNet's `train/` as the test set."
-    if subset not in IMAGENET_SUBSETS: raise ValueError(f"subset must be one of {list(IMAGENET_SUBSETS)}, got {subset!r}")
+    if subset not in IMAGENET_SUBSETS:
+        raise ValueError(f"subset must be one of {list(IMAGENET_SUBSETS)}, got {subset!r}")
     root, wnids = Path(root).expanduser(), IMAGENET_SUBSETS[subset]
-    if not root.is_dir(): raise FileNotFoundError(f"root {str(root)!r} is not a folder; pass the ImageNet root that holds train/ and val/")
-    return dict(val=imagenet_folder(root / 'val', wnids, image_size), test=imagenet_folder(root / 'train', wnids, image_size))
+    if not root.is_dir():
+        raise FileNotFoundError(f"root {str(root)!r} is not a folder; pass the ImageNet root that holds "
+                                "train/ and val/")
+    return dict(val=imagenet_folder(root / 'val', wnids, image_size),
+                test=imagenet_folder(root / 'train', wnids, image_size))
 
 # %% ../nbs/03_data.ipynb #e278e9f3
 def _ends_whole(f:Path, fmt:str)->bool:
-    "Whether `f`'s end shows it whole, without decoding: a PNG (`verify` read it to IEND), a JPEG with FF D9 in its last 64 bytes."
+    "Whether `f`'s end shows it whole, without decoding: a PNG (`verify` read to IEND), a JPEG ends FF D9."
     if fmt == 'PNG': return True
     if fmt not in ('JPEG', 'MPO'): return False
-    with open(f, 'rb') as fh: fh.seek(max(0, fh.seek(0, 2) - 64)); return b'\xff\xd9' in fh.read()
+    with open(f, 'rb') as fh:
+        fh.seek(max(0, fh.seek(0, 2) - 64))
+        return b'\xff\xd9' in fh.read()
 
 # %% ../nbs/03_data.ipynb #4f817b0a
 def _verify(f)->str|None:
-    "None if the image file `f` is whole (PIL's `verify`, then `_ends_whole` or a full decode), else the problem line naming it."
+    "None if image file `f` is whole (PIL's `verify`, then `_ends_whole` or a full decode), else its problem."
     try:
-        with Image.open(f) as im: fmt = im.format; im.verify()
+        with Image.open(f) as im:
+            fmt = im.format
+            im.verify()
         if not _ends_whole(f, fmt):
             with Image.open(f) as im: im.load()
     except Exception as e:
@@ -244,28 +282,34 @@ def _verify(f)->str|None:
 
 # %% ../nbs/03_data.ipynb #a9b345cf
 def _image_files(d:Path)->list:
-    "The image files of `d` by extension, sorted; broken symbolic links included, as torchvision's `ImageFolder` lists them."
-    return sorted(p for p in d.iterdir() if p.suffix.lower() in IMG_EXTENSIONS and (p.is_file() or not p.exists()))
+    "The image files of `d` by extension, sorted, broken links included (as torchvision's `ImageFolder`)."
+    return sorted(p for p in d.iterdir()
+                  if p.suffix.lower() in IMG_EXTENSIONS and (p.is_file() or not p.exists()))
 
 # %% ../nbs/03_data.ipynb #88c81bdb
 def _file_problems(files:list,           # image files of one class folder (`_image_files`)
-                   n_open:int|None=None,  # how many of the files that are no broken link to `_verify` (None: all)
+                   n_open:int|None=None,  # how many files (not broken links) to `_verify` (None: all)
                   )->list:               # problem lines: each broken link, then each bad file verified
-    "The problems of a class folder's image files: every broken symbolic link, and the files `_verify` rejects."
+    "The problems of a class folder's image files: every broken link, and the files `_verify` rejects."
     broken = {f for f in files if not f.exists()}
     ok = [f for f in files if f not in broken]
-    return ([f"image {f} is a broken symbolic link (to {os.readlink(f)}): delete it or restore its target" for f in sorted(broken)]
+    return ([f"image {f} is a broken symbolic link (to {os.readlink(f)}): delete it or restore its target"
+             for f in sorted(broken)]
             + list(filter(None, map(_verify, ok if n_open is None else ok[:n_open]))))
 
 # %% ../nbs/03_data.ipynb #0155108c
 def check_imagenet(root, wnids:list, n_open:int=1)->tuple:
-    "(images per split, problems) of an ImageNet root (`val/` and `train/`, one folder per wnid); `n_open` images per class are verified, every broken link listed."
+    "(images per split, problems) of an ImageNet root; `n_open` images per class verified, all broken links."
     root, counts, problems = Path(root).expanduser(), {}, []
-    if not root.is_dir(): return counts, [f"data_root {str(root)!r} is not a folder: pass the ImageNet root holding train/ and val/"]
+    if not root.is_dir():
+        return counts, [f"data_root {str(root)!r} is not a folder: pass the ImageNet root holding train/ and "
+                        "val/"]
     for split in ('val', 'train'):
         missing, n = [w for w in wnids if not (root / split / w).is_dir()], 0
-        if missing: problems.append(f"{len(missing)} of {len(wnids)} class folders are missing under {root / split}: {', '.join(missing[:10])}"
-                                    + (' ...' if len(missing) > 10 else '') + '; copy them there, or fix --data-root')
+        if missing: problems.append(f"{len(missing)} of {len(wnids)} class folders are missing under "
+                                    f"{root / split}: {', '.join(missing[:10])}"
+                                    + (' ...' if len(missing) > 10 else '')
+                                    + '; copy them there, or fix --data-root')
         for w in wnids:
             if w in missing: continue
             files = _image_files(root / split / w)
@@ -291,18 +335,23 @@ def _read_classes_json(root:Path)->tuple:
     f = root / CLASSES_JSON
     if not f.exists(): return {}, []
     try: d = json.loads(f.read_text())
-    except (OSError, ValueError) as e: return {}, [f"{f} cannot be read as JSON ({type(e).__name__}: {str(e).splitlines()[0]}): fix it or delete it"]
+    except (OSError, ValueError) as e:
+        return {}, [f"{f} cannot be read as JSON ({type(e).__name__}: {str(e).splitlines()[0]}): fix it or "
+                    "delete it"]
     if not (isinstance(d, dict) and all(isinstance(v, str) and v.strip() for v in d.values())):
-        return {}, [f'{f} must hold an object {{"folder_name": "prompt", ...}} with a non-empty prompt per class']
+        return {}, [f'{f} must hold an object {{"folder_name": "prompt", ...}} with a non-empty prompt per '
+                    'class']
     return d, []
 
 # %% ../nbs/03_data.ipynb #0baeb144
-def folder_classes(root,                                   # a folder dataset: `val/<class>/`, optional `test/<class>/` and `classes.json`
-                   prompt_template:str='a photo of a {name}', # prompt of a class that `classes.json` does not name
-                  )->tuple:                                # (class names: the folders under val/, sorted; one prompt per class)
+def folder_classes(root,                                   # a folder dataset: `val/<class>/`, ...
+                   prompt_template:str='a photo of a {name}', # prompt of a class not in `classes.json`
+                  )->tuple:                                # (class names: folders under val/; prompts)
     "The classes of a folder dataset and their prompts (`classes.json` first, else `prompt_template`)."
     root = Path(root).expanduser()
-    if not (root / 'val').is_dir(): raise FileNotFoundError(f"data_root {str(root)!r} has no val/ folder: put the real validation images in {root}/val/<class>/")
+    if not (root / 'val').is_dir():
+        raise FileNotFoundError(f"data_root {str(root)!r} has no val/ folder: put the real validation images "
+                                f"in {root}/val/<class>/")
     names = sorted(d.name for d in (root / 'val').iterdir() if d.is_dir())
     given, problems = _read_classes_json(root)
     if problems: raise ValueError(problems[0])
@@ -310,72 +359,96 @@ def folder_classes(root,                                   # a folder dataset: `
 
 # %% ../nbs/03_data.ipynb #eec31cf4
 def check_folder(root,                                   # a folder dataset (see `folder_classes`)
-                 prompt_template:str='a photo of a {name}', # unused in the checks; kept so every dataset's check takes the same arguments
+                 prompt_template:str='a photo of a {name}', # unused: every dataset's check takes it
                  n_open:int|None=None,                   # images opened and verified per class (None: all)
-                )->tuple:                                # (images per split, problems: one line each, [] if the folder is fine)
-    "Every problem of a folder dataset: no val/, fewer than 2 classes, an empty class, val and test with different classes, an unreadable or truncated image, a broken link, a bad `classes.json`."
+                )->tuple:                                # (images per split, problem lines: [] if fine)
+    "Every problem of a folder dataset: missing folders or images, unreadable files, bad `classes.json`."
     root, counts, problems = Path(root).expanduser(), {}, []
-    if not root.is_dir(): return counts, [f"data_root {str(root)!r} is not a folder: pass the folder holding val/<class>/ (and test/<class>/)"]
-    if not (root / 'val').is_dir(): return counts, [f"data_root {str(root)!r} has no val/ folder: put the real validation images in {root}/val/<class>/"]
-    classes = {s: sorted(d.name for d in (root / s).iterdir() if d.is_dir()) for s in ('val', 'test') if (root / s).is_dir()}
-    if len(classes['val']) < 2: problems.append(f"{root / 'val'} holds {len(classes['val'])} class folder(s): a classifier needs at least 2, one folder per class")
+    if not root.is_dir():
+        return counts, [f"data_root {str(root)!r} is not a folder: pass the folder holding val/<class>/ (and "
+                        "test/<class>/)"]
+    if not (root / 'val').is_dir():
+        return counts, [f"data_root {str(root)!r} has no val/ folder: put the real validation images in "
+                        f"{root}/val/<class>/"]
+    classes = {s: sorted(d.name for d in (root / s).iterdir() if d.is_dir())
+               for s in ('val', 'test') if (root / s).is_dir()}
+    if len(classes['val']) < 2:
+        problems.append(f"{root / 'val'} holds {len(classes['val'])} class folder(s): a classifier needs at "
+                        "least 2, one folder per class")
     if 'test' in classes and classes['test'] != classes['val']:
         only = lambda a, b: ', '.join(sorted(set(classes[a]) - set(classes[b]))) or 'none'
-        problems.append(f"test/ and val/ hold different classes (only in val: {only('val', 'test')}; only in test: {only('test', 'val')}): "
+        problems.append(f"test/ and val/ hold different classes (only in val: {only('val', 'test')}; only in "
+                        f"test: {only('test', 'val')}): "
                         "give both the same class folders")
     for split, names in classes.items():
         counts[split] = 0
         for n in names:
             files = _image_files(root / split / n)
-            if not files: problems.append(f"class folder {root / split / n} holds no images ({', '.join(IMG_EXTENSIONS)}): add images or remove the class from val/ and test/")
+            if not files:
+                problems.append(f"class folder {root / split / n} holds no images "
+                                f"({', '.join(IMG_EXTENSIONS)}): add images or remove the class from val/ "
+                                "and test/")
             counts[split] += len(files)
             problems += _file_problems(files, n_open)
-    given, p = _read_classes_json(root); problems += p
+    given, p = _read_classes_json(root)
+    problems += p
     unknown = sorted(set(given) - set(classes['val']))
-    if unknown: problems.append(f"{root / CLASSES_JSON} names {len(unknown)} class(es) with no folder under val/: {', '.join(unknown[:10])}: "
+    if unknown: problems.append(f"{root / CLASSES_JSON} names {len(unknown)} class(es) with no folder under "
+                                f"val/: {', '.join(unknown[:10])}: "
                                 "fix the names (they are folder names) or add the folders")
     return counts, problems
 
 # %% ../nbs/03_data.ipynb #56ca355e
 def folder_splits(root,                # a folder dataset (see `folder_classes`)
                   image_size:int=224,  # side of the square output images
-                  real_train:str=None, # the run's `real_train`: a train/ folder it does not name is not read, and says so
-                 )->dict:              # dict(val=..., test=...) ImageFolders with labels in `folder_classes` order; no `test` without a test/ folder
+                  real_train:str=None, # the run's `real_train` (another train/ folder is not read: a warning)
+                 )->dict:              # dict(val=..., test=...) ImageFolders in `folder_classes` order
     "The real splits of a folder dataset, after `check_folder` found no problem."
     root = Path(root).expanduser()
     counts, problems = check_folder(root)
-    if problems: raise ValueError(problems[0] + (f" (and {len(problems) - 1} more problem(s): `dp-train --dry-run` lists them all)" if len(problems) > 1 else ''))
+    if problems:
+        raise ValueError(problems[0] + (f" (and {len(problems) - 1} more problem(s): `dp-train --dry-run` "
+                                        "lists them all)" if len(problems) > 1 else ''))
     names = folder_classes(root)[0]
     if (root / 'train').is_dir() and real_train is None:
-        warnings.warn(f"data_root {str(root)!r} has a train/ folder, which the run does not read (it trains on generated images): pass --real-train {root}/train to mix them in")
-    if 'test' not in counts: warnings.warn(f"data_root {str(root)!r} has no test/ folder: the run reports val accuracy only (put held-out images in {root}/test/<class>/ for a test score)")
-    return {s: WnidImageFolder(root / s, names, transform=_transform(image_size, False), loader=_read_image) for s in counts}
+        warnings.warn(f"data_root {str(root)!r} has a train/ folder, which the run does not read (it trains "
+                      f"on generated images): pass --real-train {root}/train to mix them in")
+    if 'test' not in counts:
+        warnings.warn(f"data_root {str(root)!r} has no test/ folder: the run reports val accuracy only (put "
+                      f"held-out images in {root}/test/<class>/ for a test score)")
+    return {s: WnidImageFolder(root / s, names, transform=_transform(image_size, False), loader=_read_image)
+            for s in counts}
 
 # %% ../nbs/03_data.ipynb #893ff5d9
 def _json_type(v)->str:
-    return {dict: 'an object', list: 'an array', str: 'a string', bool: 'a boolean', type(None): 'null'}.get(type(v), 'a number')
+    return {dict: 'an object', list: 'an array', str: 'a string', bool: 'a boolean', type(None): 'null'}.get(
+        type(v), 'a number')
 
 # %% ../nbs/03_data.ipynb #914adbd6
-def read_prompts(path,              # JSON file {class folder name: prompt, or a non-empty list of prompts used in turn}
-                 folders:list=None, # the run's class folder names, the only keys allowed (None: keys not checked)
-                )->tuple:           # ({class folder name: prompt or list} ({} on a problem), problems: one line each)
+def read_prompts(path,              # JSON file {class folder name: prompt, or a list used in turn}
+                 folders:list=None, # the run's class folder names, the only keys allowed (None: any)
+                )->tuple:           # ({folder name: prompt or list} ({} on a problem), problem lines)
     "The prompts of a `--prompts` file and every problem with it."
     f = Path(path).expanduser()
     at, shape = f"prompts {str(f)!r}", '{"class folder name": "prompt" or ["prompt", ...]}'
     try: d = json.loads(f.read_text())
-    except OSError as e: return {}, [f"{at} cannot be read ({type(e).__name__}: {e.strerror or e}): fix the path"]
-    except ValueError as e: return {}, [f"{at} is not JSON ({str(e).splitlines()[0]}): write an object {shape}"]
+    except OSError as e:
+        return {}, [f"{at} cannot be read ({type(e).__name__}: {e.strerror or e}): fix the path"]
+    except ValueError as e:
+        return {}, [f"{at} is not JSON ({str(e).splitlines()[0]}): write an object {shape}"]
     if not isinstance(d, dict): return {}, [f"{at} holds {_json_type(d)}, not an object {shape}"]
     problems, known = [], set(folders or ())
     unknown = [k for k in d if folders is not None and k not in known]
     if unknown: problems.append(f"{at} names {len(unknown)} class(es) that are no class of this run: "
-                                f"{', '.join(map(repr, unknown[:10]))}; keys are class folder names, e.g. {list(folders)[:3]}")
+                                f"{', '.join(map(repr, unknown[:10]))}; keys are class folder names, e.g. "
+                                f"{list(folders)[:3]}")
     for k, v in d.items():
         vs = v if isinstance(v, list) else [v]
         if v == []: problems.append(f"{at}: class {k!r} has an empty list of prompts: give at least one")
         elif not all(isinstance(q, str) for q in vs):
             held = ' holding a non-string' if isinstance(v, list) else ''
-            problems.append(f"{at}: class {k!r} has {_json_type(v)}{held}: give a prompt or a list of prompts")
+            problems.append(f"{at}: class {k!r} has {_json_type(v)}{held}: "
+                            "give a prompt or a list of prompts")
         elif not all(q.strip() for q in vs): problems.append(f"{at}: class {k!r} has an empty prompt")
     return ({} if problems else d), problems
 
@@ -384,15 +457,22 @@ def read_prompts(path,              # JSON file {class folder name: prompt, or a
 class DatasetEntry:
     "How one dataset loads: classes, prompts, real splits, checks, generator family, image shape."
     name:str
-    classes:Callable               # cfg -> (class names, one prompt per class or None for a class-label generator)
-    splits:Callable                # (cfg, image_size) -> dict(val=..., test=...): real images, tensors or Datasets; `test` may be missing
-    check:Callable                 # cfg -> (images per split, problems): the dry run's checks, loading nothing
-    generator:str = 'stable-diffusion'  # the generator family `trainer.build_parts` loads: 'digits' or 'stable-diffusion'
+    # cfg -> (class names, one prompt per class or None for a class-label generator)
+    classes:Callable
+    # (cfg, image_size) -> dict(val=..., test=...): real images, tensors or Datasets; `test` may be missing
+    splits:Callable
+    # cfg -> (images per split, problems): the dry run's checks, loading nothing
+    check:Callable
+    # the generator family `trainer.build_parts` loads: 'digits' or 'stable-diffusion'
+    generator:str = 'stable-diffusion'
     channels:int = 3               # image channels
-    image_size:int = 512           # generated side when `cfg.image_size` is None (the estimates of the dry run)
-    in_memory:bool = False         # pool and splits are small tensors in memory (CPU scale): no pool shards on disk, rows run in parallel
+    # generated side when `cfg.image_size` is None (the estimates of the dry run)
+    image_size:int = 512
+    # pool and splits are small tensors in memory (CPU scale): no pool shards on disk, rows run in parallel
+    in_memory:bool = False
     needs:tuple = ('data_root', 'sd_path')  # DPConfig fields the dataset needs
-    folders:Callable|None = None   # cfg -> class folder names, the keys of a `prompts` file (None: the class names)
+    # cfg -> class folder names, the keys of a `prompts` file (None: the class names)
+    folders:Callable|None = None
 
     def class_folders(self, cfg, names:list)->list:
         "The class folder names of the run, given its class `names`."
@@ -402,7 +482,8 @@ class DatasetEntry:
 def _with_prompts(entry:DatasetEntry)->DatasetEntry:
     "`entry`, its `classes` applying `cfg.prompts` and its `check` reporting its problems."
     if getattr(entry.classes, 'applies_prompts', False): return entry
-    def label_drawn(cfg): return (f"prompts {cfg.prompts!r}: dataset {entry.name!r} draws its images by class label, "
+    def label_drawn(cfg): return (f"prompts {cfg.prompts!r}: dataset {entry.name!r} draws its images by "
+                                  "class label, "
                                   "not from prompts: drop --prompts")
     def classes(cfg):
         names, prompts = entry.classes(cfg)
@@ -415,9 +496,13 @@ def _with_prompts(entry:DatasetEntry)->DatasetEntry:
     def check(cfg):
         counts, problems = entry.check(cfg)
         if not getattr(cfg, 'prompts', None): return counts, problems
-        try: names, prompts = entry.classes(cfg); folders = entry.class_folders(cfg, names)
-        except (OSError, ValueError): prompts, folders = [], None        # the entry's check says why; keys not checked
-        return counts, problems + ([label_drawn(cfg)] if prompts is None else read_prompts(cfg.prompts, folders)[1])
+        try:
+            names, prompts = entry.classes(cfg)
+            folders = entry.class_folders(cfg, names)
+        # the entry's check says why; keys not checked
+        except (OSError, ValueError): prompts, folders = [], None
+        return counts, problems + ([label_drawn(cfg)] if prompts is None else read_prompts(
+            cfg.prompts, folders)[1])
     classes.applies_prompts = True
     return dataclasses.replace(entry, classes=classes, check=check)
 
@@ -426,8 +511,9 @@ DATASETS = {}
 
 # %% ../nbs/03_data.ipynb #bbb8dd2c
 def register_dataset(entry:DatasetEntry)->DatasetEntry:
-    "Add `entry` to the registry (applying `cfg.prompts`), its name and needed fields to `config.DATASETS`; return it."
-    DATASETS[entry.name] = _with_prompts(entry); config.DATASETS[entry.name] = tuple(entry.needs)
+    "Add `entry` to the registry (with `cfg.prompts`), its name and fields to `config.DATASETS`; return it."
+    DATASETS[entry.name] = _with_prompts(entry)
+    config.DATASETS[entry.name] = tuple(entry.needs)
     return DATASETS[entry.name]
 
 # %% ../nbs/03_data.ipynb #d0f25b45
@@ -437,14 +523,20 @@ def dataset_entry(name:str)->DatasetEntry:
     return DATASETS[name]
 
 # %% ../nbs/03_data.ipynb #d0075979
-register_dataset(DatasetEntry('digits', classes=lambda cfg: (DIGITS_CLASSES, None), splits=lambda cfg, image_size: digits_splits(),
-                              check=lambda cfg: ({}, []), generator='digits', channels=1, image_size=8, in_memory=True, needs=()))
+register_dataset(DatasetEntry('digits', classes=lambda cfg: (DIGITS_CLASSES, None),
+                              splits=lambda cfg, image_size: digits_splits(),
+                              check=lambda cfg: ({}, []), generator='digits', channels=1, image_size=8,
+                              in_memory=True, needs=()))
 for _name, _wnids in IMAGENET_SUBSETS.items():
-    register_dataset(DatasetEntry(_name, classes=lambda cfg, w=_wnids: (n := imagenet_prompt_names(w), class_prompts(n, cfg.prompt_template)),
-                                  splits=lambda cfg, image_size, n=_name: imagenet_splits(cfg.data_root, n, image_size),
-                                  check=lambda cfg, w=_wnids: check_imagenet(cfg.data_root, w), folders=lambda cfg, w=_wnids: w))
-register_dataset(DatasetEntry('folder', classes=lambda cfg: folder_classes(cfg.data_root, cfg.prompt_template),
-                              splits=lambda cfg, image_size: folder_splits(cfg.data_root, image_size, cfg.real_train), check=lambda cfg: check_folder(cfg.data_root)))
+    register_dataset(DatasetEntry(_name,
+        classes=lambda cfg, w=_wnids: (n := imagenet_prompt_names(w), class_prompts(n, cfg.prompt_template)),
+        splits=lambda cfg, image_size, n=_name: imagenet_splits(cfg.data_root, n, image_size),
+        check=lambda cfg, w=_wnids: check_imagenet(cfg.data_root, w), folders=lambda cfg, w=_wnids: w))
+register_dataset(DatasetEntry('folder',
+                              classes=lambda cfg: folder_classes(cfg.data_root, cfg.prompt_template),
+                              splits=lambda cfg, image_size: folder_splits(cfg.data_root, image_size,
+                                                                           cfg.real_train),
+                              check=lambda cfg: check_folder(cfg.data_root)))
 
 # %% ../nbs/03_data.ipynb #dd6872ff
 def _loader(channels:int):
@@ -459,39 +551,52 @@ def run_folders(cfg)->list:
 
 # %% ../nbs/03_data.ipynb #e0311091
 def real_train_split(cfg, image_size:int):
-    "The real training images of `cfg.real_train` (None without): `real_per_class` of each class (a folder: the first in file order; digits: `digits_per_class`), or all."
+    "The real training images of `cfg.real_train` (or None): the first `real_per_class` per class, or all."
     if cfg.real_train is None: return None
     entry, k = dataset_entry(cfg.dataset), cfg.real_per_class
     if entry.in_memory:
-        if cfg.real_train != 'gen': raise ValueError(f"real_train must be 'gen' (the digits the generator was trained on) for dataset {cfg.dataset!r}, got {cfg.real_train!r}")
+        if cfg.real_train != 'gen':
+            raise ValueError("real_train must be 'gen' (the digits the generator was trained on) for "
+                             f"dataset {cfg.dataset!r}, got {cfg.real_train!r}")
         gen = digits_splits()['gen']
         return digits_per_class(gen, k, seed=cfg.seed) if k else gen
     root, folders = Path(cfg.real_train).expanduser(), run_folders(cfg)
-    if not root.is_dir(): raise ValueError(f"real_train {root} is not a folder: pass an ImageFolder with one folder per class of the run")
+    if not root.is_dir():
+        raise ValueError(f"real_train {root} is not a folder: pass an ImageFolder with one folder per class "
+                         "of the run")
     if missing := [f for f in folders if not (root / f).is_dir() or not _has_images(root / f)]:
-        raise ValueError(f"real_train {root} holds no images of {len(missing)} of the run's {len(folders)} classes, e.g. {missing[:3]}: add them, or leave the classes out of the run")
+        raise ValueError(f"real_train {root} holds no images of {len(missing)} of the run's {len(folders)} "
+                         f"classes, e.g. {missing[:3]}: add them, or leave the classes out of the run")
     if extra := sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in set(folders)):
-        raise ValueError(f"real_train {root} holds class folders the run does not have: {extra[:3]}: rename or remove them")
-    ds = WnidImageFolder(root, folders, transform=_transform(image_size, False), loader=_loader(entry.channels))
+        raise ValueError(f"real_train {root} holds class folders the run does not have: {extra[:3]}: rename "
+                         "or remove them")
+    ds = WnidImageFolder(root, folders, transform=_transform(image_size, False),
+                         loader=_loader(entry.channels))
     if k is None: return ds
-    seen = [0] * len(folders); keep = [i for i, t in enumerate(ds.targets) if (seen.__setitem__(t, seen[t] + 1) or seen[t] <= k)]
+    seen = [0] * len(folders)
+    keep = [i for i, t in enumerate(ds.targets) if (seen.__setitem__(t, seen[t] + 1) or seen[t] <= k)]
     return torch.utils.data.Subset(ds, keep)
 
 
 # %% ../nbs/03_data.ipynb #ac63a0d0
 def extra_test_split(cfg, name:str, root, image_size:int)->tuple:
-    "(ImageFolder of the run's classes found under `root`, labels in their order; the run's index of each): test set `name` of `extra_test`."
+    "(ImageFolder of the run's classes under `root`, the run's index of each): `extra_test` set `name`."
     root, folders = Path(root).expanduser(), run_folders(cfg)
-    if not root.is_dir(): raise ValueError(f"extra_test {name}: {root} is not a folder: pass an ImageFolder whose class folders are some of the run's")
+    if not root.is_dir():
+        raise ValueError(f"extra_test {name}: {root} is not a folder: pass an ImageFolder whose class "
+                         "folders are some of the run's")
     present = [f for f in folders if (root / f).is_dir() and _has_images(root / f)]
-    if not present: raise ValueError(f"extra_test {name}: {root} holds none of the run's {len(folders)} class folders (e.g. {folders[:3]})")
-    ds = WnidImageFolder(root, present, transform=_transform(image_size, False), loader=_loader(dataset_entry(cfg.dataset).channels))
+    if not present:
+        raise ValueError(f"extra_test {name}: {root} holds none of the run's {len(folders)} class folders "
+                         f"(e.g. {folders[:3]})")
+    ds = WnidImageFolder(root, present, transform=_transform(image_size, False),
+                         loader=_loader(dataset_entry(cfg.dataset).channels))
     return ds, [folders.index(f) for f in present]
 
 
 # %% ../nbs/03_data.ipynb #3688f2f9
 def shared_files(a:list, b:list)->list:
-    "Pairs (file of `a`, file of `b`) with the same content: sizes compared first, SHA-1 only for files whose size is in both lists."
+    "Pairs (file of `a`, file of `b`) with the same content: sizes first, then SHA-1 of same-size files."
     import hashlib
     size = lambda f: Path(f).stat().st_size
     sa, sb = {}, {}
@@ -513,54 +618,64 @@ def _files(ds)->list:
     return [p for p, _ in getattr(ds, 'samples', [])]
 
 def real_train_overlap(cfg)->list:
-    "Problem lines of the dry run: real training files whose content is also in the val, test or an extra test split (none at digits scale, where the splits are disjoint by construction)."
+    "Problem lines of the dry run: real training files whose content is also in a val or test split."
     if cfg.real_train is None or dataset_entry(cfg.dataset).in_memory: return []
     real = _files(real_train_split(cfg, 8))
-    splits = {**dataset_entry(cfg.dataset).splits(cfg, 8), **{f'extra_test {n}': extra_test_split(cfg, n, d, 8)[0] for n, d in config.extra_tests(cfg.extra_test).items()}}
+    splits = {**dataset_entry(cfg.dataset).splits(cfg, 8),
+              **{f'extra_test {n}': extra_test_split(cfg, n, d, 8)[0]
+                 for n, d in config.extra_tests(cfg.extra_test).items()}}
     out = []
     for name, ds in splits.items():
         if (both := shared_files(real, _files(ds))):
-            out.append(f"real_train shares {len(both)} images with the {name} split, e.g. {both[0][0]} = {both[0][1]}: remove them from one of the two, so that the test stays unseen")
+            out.append(f"real_train shares {len(both)} images with the {name} split, e.g. {both[0][0]} = "
+                       f"{both[0][1]}: remove them from one of the two, so that the test stays unseen")
     return out
 
 
 # %% ../nbs/03_data.ipynb #a340a0c9
 # ImageNet-R: `imagenet_r_wnids` of eval.py, github.com/hendrycks/imagenet-r
-IMAGENET_R_WNIDS = """n01443537 n01484850 n01494475 n01498041 n01514859 n01518878 n01531178 n01534433 n01614925 n01616318 n01630670 n01632777 n01644373
-n01677366 n01694178 n01748264 n01770393 n01774750 n01784675 n01806143 n01820546 n01833805 n01843383 n01847000 n01855672 n01860187
-n01882714 n01910747 n01944390 n01983481 n01986214 n02007558 n02009912 n02051845 n02056570 n02066245 n02071294 n02077923 n02085620
-n02086240 n02088094 n02088238 n02088364 n02088466 n02091032 n02091134 n02092339 n02094433 n02096585 n02097298 n02098286 n02099601
-n02099712 n02102318 n02106030 n02106166 n02106550 n02106662 n02108089 n02108915 n02109525 n02110185 n02110341 n02110958 n02112018
-n02112137 n02113023 n02113624 n02113799 n02114367 n02117135 n02119022 n02123045 n02128385 n02128757 n02129165 n02129604 n02130308
-n02134084 n02138441 n02165456 n02190166 n02206856 n02219486 n02226429 n02233338 n02236044 n02268443 n02279972 n02317335 n02325366
-n02346627 n02356798 n02363005 n02364673 n02391049 n02395406 n02398521 n02410509 n02423022 n02437616 n02445715 n02447366 n02480495
-n02480855 n02481823 n02483362 n02486410 n02510455 n02526121 n02607072 n02655020 n02672831 n02701002 n02749479 n02769748 n02793495
-n02797295 n02802426 n02808440 n02814860 n02823750 n02841315 n02843684 n02883205 n02906734 n02909870 n02939185 n02948072 n02950826
-n02951358 n02966193 n02980441 n02992529 n03124170 n03272010 n03345487 n03372029 n03424325 n03452741 n03467068 n03481172 n03494278
-n03495258 n03498962 n03594945 n03602883 n03630383 n03649909 n03676483 n03710193 n03773504 n03775071 n03888257 n03930630 n03947888
-n04086273 n04118538 n04133789 n04141076 n04146614 n04147183 n04192698 n04254680 n04266014 n04275548 n04310018 n04325704 n04347754
-n04389033 n04409515 n04465501 n04487394 n04522168 n04536866 n04552348 n04591713 n07614500 n07693725 n07695742 n07697313 n07697537
-n07714571 n07714990 n07718472 n07720875 n07734744 n07742313 n07745940 n07749582 n07753275 n07753592 n07768694 n07873807 n07880968
+IMAGENET_R_WNIDS = """n01443537 n01484850 n01494475 n01498041 n01514859 n01518878 n01531178 n01534433
+n01614925 n01616318 n01630670 n01632777 n01644373 n01677366 n01694178 n01748264 n01770393 n01774750 n01784675
+n01806143 n01820546 n01833805 n01843383 n01847000 n01855672 n01860187 n01882714 n01910747 n01944390 n01983481
+n01986214 n02007558 n02009912 n02051845 n02056570 n02066245 n02071294 n02077923 n02085620 n02086240 n02088094
+n02088238 n02088364 n02088466 n02091032 n02091134 n02092339 n02094433 n02096585 n02097298 n02098286 n02099601
+n02099712 n02102318 n02106030 n02106166 n02106550 n02106662 n02108089 n02108915 n02109525 n02110185 n02110341
+n02110958 n02112018 n02112137 n02113023 n02113624 n02113799 n02114367 n02117135 n02119022 n02123045 n02128385
+n02128757 n02129165 n02129604 n02130308 n02134084 n02138441 n02165456 n02190166 n02206856 n02219486 n02226429
+n02233338 n02236044 n02268443 n02279972 n02317335 n02325366 n02346627 n02356798 n02363005 n02364673 n02391049
+n02395406 n02398521 n02410509 n02423022 n02437616 n02445715 n02447366 n02480495 n02480855 n02481823 n02483362
+n02486410 n02510455 n02526121 n02607072 n02655020 n02672831 n02701002 n02749479 n02769748 n02793495 n02797295
+n02802426 n02808440 n02814860 n02823750 n02841315 n02843684 n02883205 n02906734 n02909870 n02939185 n02948072
+n02950826 n02951358 n02966193 n02980441 n02992529 n03124170 n03272010 n03345487 n03372029 n03424325 n03452741
+n03467068 n03481172 n03494278 n03495258 n03498962 n03594945 n03602883 n03630383 n03649909 n03676483 n03710193
+n03773504 n03775071 n03888257 n03930630 n03947888 n04086273 n04118538 n04133789 n04141076 n04146614 n04147183
+n04192698 n04254680 n04266014 n04275548 n04310018 n04325704 n04347754 n04389033 n04409515 n04465501 n04487394
+n04522168 n04536866 n04552348 n04591713 n07614500 n07693725 n07695742 n07697313 n07697537 n07714571 n07714990
+n07718472 n07720875 n07734744 n07742313 n07745940 n07749582 n07753275 n07753592 n07768694 n07873807 n07880968
 n07920052 n09472597 n09835506 n10565667 n12267677""".split()
 
 
 # %% ../nbs/03_data.ipynb #d37fc041
-# ImageNet-A: `imagenet_a_wnids` of eval_many_models.py (= `thousand_k_to_200` of eval.py), github.com/hendrycks/natural-adv-examples
-IMAGENET_A_WNIDS = """n01498041 n01531178 n01534433 n01558993 n01580077 n01614925 n01616318 n01631663 n01641577 n01669191 n01677366 n01687978 n01694178
-n01698640 n01735189 n01770081 n01770393 n01774750 n01784675 n01819313 n01820546 n01833805 n01843383 n01847000 n01855672 n01882714
-n01910747 n01914609 n01924916 n01944390 n01985128 n01986214 n02007558 n02009912 n02037110 n02051845 n02077923 n02085620 n02099601
-n02106550 n02106662 n02110958 n02119022 n02123394 n02127052 n02129165 n02133161 n02137549 n02165456 n02174001 n02177972 n02190166
-n02206856 n02219486 n02226429 n02231487 n02233338 n02236044 n02259212 n02268443 n02279972 n02280649 n02281787 n02317335 n02325366
-n02346627 n02356798 n02361337 n02410509 n02445715 n02454379 n02486410 n02492035 n02504458 n02655020 n02669723 n02672831 n02676566
-n02690373 n02701002 n02730930 n02777292 n02782093 n02787622 n02793495 n02797295 n02802426 n02814860 n02815834 n02837789 n02879718
-n02883205 n02895154 n02906734 n02948072 n02951358 n02980441 n02992211 n02999410 n03014705 n03026506 n03124043 n03125729 n03187595
-n03196217 n03223299 n03250847 n03255030 n03291819 n03325584 n03355925 n03384352 n03388043 n03417042 n03443371 n03444034 n03445924
-n03452741 n03483316 n03584829 n03590841 n03594945 n03617480 n03666591 n03670208 n03717622 n03720891 n03721384 n03724870 n03775071
-n03788195 n03804744 n03837869 n03840681 n03854065 n03888257 n03891332 n03935335 n03982430 n04019541 n04033901 n04039381 n04067472
-n04086273 n04099969 n04118538 n04131690 n04133789 n04141076 n04146614 n04147183 n04179913 n04208210 n04235860 n04252077 n04252225
-n04254120 n04270147 n04275548 n04310018 n04317175 n04344873 n04347754 n04355338 n04366367 n04376876 n04389033 n04399382 n04442312
-n04456115 n04482393 n04507155 n04509417 n04532670 n04540053 n04554684 n04562935 n04591713 n04606251 n07583066 n07695742 n07697313
-n07697537 n07714990 n07718472 n07720875 n07734744 n07749582 n07753592 n07760859 n07768694 n07831146 n09229709 n09246464 n09472597
+# ImageNet-A: `imagenet_a_wnids` of eval_many_models.py (= `thousand_k_to_200` of eval.py),
+# github.com/hendrycks/natural-adv-examples
+IMAGENET_A_WNIDS = """n01498041 n01531178 n01534433 n01558993 n01580077 n01614925 n01616318 n01631663
+n01641577 n01669191 n01677366 n01687978 n01694178 n01698640 n01735189 n01770081 n01770393 n01774750 n01784675
+n01819313 n01820546 n01833805 n01843383 n01847000 n01855672 n01882714 n01910747 n01914609 n01924916 n01944390
+n01985128 n01986214 n02007558 n02009912 n02037110 n02051845 n02077923 n02085620 n02099601 n02106550 n02106662
+n02110958 n02119022 n02123394 n02127052 n02129165 n02133161 n02137549 n02165456 n02174001 n02177972 n02190166
+n02206856 n02219486 n02226429 n02231487 n02233338 n02236044 n02259212 n02268443 n02279972 n02280649 n02281787
+n02317335 n02325366 n02346627 n02356798 n02361337 n02410509 n02445715 n02454379 n02486410 n02492035 n02504458
+n02655020 n02669723 n02672831 n02676566 n02690373 n02701002 n02730930 n02777292 n02782093 n02787622 n02793495
+n02797295 n02802426 n02814860 n02815834 n02837789 n02879718 n02883205 n02895154 n02906734 n02948072 n02951358
+n02980441 n02992211 n02999410 n03014705 n03026506 n03124043 n03125729 n03187595 n03196217 n03223299 n03250847
+n03255030 n03291819 n03325584 n03355925 n03384352 n03388043 n03417042 n03443371 n03444034 n03445924 n03452741
+n03483316 n03584829 n03590841 n03594945 n03617480 n03666591 n03670208 n03717622 n03720891 n03721384 n03724870
+n03775071 n03788195 n03804744 n03837869 n03840681 n03854065 n03888257 n03891332 n03935335 n03982430 n04019541
+n04033901 n04039381 n04067472 n04086273 n04099969 n04118538 n04131690 n04133789 n04141076 n04146614 n04147183
+n04179913 n04208210 n04235860 n04252077 n04252225 n04254120 n04270147 n04275548 n04310018 n04317175 n04344873
+n04347754 n04355338 n04366367 n04376876 n04389033 n04399382 n04442312 n04456115 n04482393 n04507155 n04509417
+n04532670 n04540053 n04554684 n04562935 n04591713 n04606251 n07583066 n07695742 n07697313 n07697537 n07714990
+n07718472 n07720875 n07734744 n07749582 n07753592 n07760859 n07768694 n07831146 n09229709 n09246464 n09472597
 n09835506 n11879895 n12057211 n12144580 n12267677""".split()
 
 
@@ -568,7 +683,7 @@ n09835506 n11879895 n12057211 n12144580 n12267677""".split()
 def ood_classes(wnids:list,                      # the classes of a test set, e.g. `IMAGENET_R_WNIDS`
                 run_wnids:list=IMAGENET100_WNIDS,  # the run's classes, in label order
                )->list:                          # the classes in both, in the run's order
-    "The classes of test set `wnids` a run over `run_wnids` is scored on (`extra_test` restricts its logits to them)."
+    "The classes of test set `wnids` a run over `run_wnids` is scored on (its logits restricted to them)."
     shared = set(wnids)
     return [w for w in run_wnids if w in shared]
 

@@ -37,7 +37,8 @@ def alpha_bars(n_train_steps:int=1000,        # number of training timesteps T
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, n_train_steps, dtype=torch.float32) ** 2
     else: betas = _cosine_betas(n_train_steps)
     if schedule != 'squaredcos_cap_v2' and not (0 < beta_start <= beta_end < 1):
-        raise ValueError(f"beta_start and beta_end must satisfy 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+        raise ValueError(f"beta_start and beta_end must satisfy 0 < beta_start <= beta_end < 1, got "
+                         f"{beta_start}, {beta_end}")
     return torch.cumprod(1.0 - betas, dim=0)
 
 # %% ../nbs/01_ddim.ipynb #3205397a
@@ -51,10 +52,13 @@ def ddim_timesteps(n_steps:int,              # number of DDIM sampling steps
                   )->Tensor:                 # int64 (n_steps,), descending
     "The timesteps a DDIM sampler visits, largest first."
     if spacing not in SPACINGS: raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    if int(n_steps) != n_steps or n_steps < 1: raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
-    if n_steps > n_train_steps: raise ValueError(f"n_steps must be <= n_train_steps ({n_train_steps}), got {n_steps}")
+    if int(n_steps) != n_steps or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+    if n_steps > n_train_steps:
+        raise ValueError(f"n_steps must be <= n_train_steps ({n_train_steps}), got {n_steps}")
     if spacing == 'linspace': ts = np.linspace(0, n_train_steps - 1, n_steps).round()[::-1]
-    elif spacing == 'leading': ts = (np.arange(n_steps) * (n_train_steps // n_steps)).round()[::-1] + steps_offset
+    elif spacing == 'leading':
+        ts = (np.arange(n_steps) * (n_train_steps // n_steps)).round()[::-1] + steps_offset
     else: ts = np.round(np.arange(n_train_steps, 0, -n_train_steps / n_steps)) - 1
     return torch.from_numpy(ts.astype(np.int64).copy())
 
@@ -63,10 +67,10 @@ def alpha_bar_pairs(alpha_bar:Tensor,             # (T,) schedule from `alpha_ba
                     timesteps:Tensor,             # descending timesteps from `ddim_timesteps`
                     final_alpha_bar:float=1.0,    # alpha_bar after the last step (1.0 = a clean image)
                    )->list:                       # [(t, alpha_bar_t, alpha_bar_prev)] per step
-    "The $(\\bar\\alpha_t, \\bar\\alpha_{t-1})$ pairs a DDIM sampler steps through, with diffusers' convention for the previous timestep."
+    "The $(\\bar\\alpha_t, \\bar\\alpha_{t-1})$ pairs a DDIM sampler steps through (diffusers' convention)."
     stride = len(alpha_bar) // len(timesteps)
-    return [(int(t), alpha_bar[t].item(), alpha_bar[t - stride].item() if t - stride >= 0 else final_alpha_bar)
-            for t in timesteps]
+    return [(int(t), alpha_bar[t].item(),
+             alpha_bar[t - stride].item() if t - stride >= 0 else final_alpha_bar) for t in timesteps]
 
 # %% ../nbs/01_ddim.ipynb #2b78b112
 PREDICTION_TYPES = ('epsilon', 'v_prediction', 'sample')
@@ -115,7 +119,7 @@ def ddim_step(x_t:Tensor,                    # noisy sample at step t
               alpha_bar_t,                   # cumulative alpha at t (the paper's xi_t)
               alpha_bar_prev,                # cumulative alpha at the previous (less noisy) step
               eta:float=0.0,                 # 0: deterministic DDIM, 1: DDPM-like
-              noise:Tensor=None,             # the fresh noise eps_t when eta > 0 (drawn with `generator` if None)
+              noise:Tensor=None,   # the fresh noise eps_t when eta > 0 (drawn with `generator` if None)
               prediction_type:str="epsilon", # what the model predicts: one of `PREDICTION_TYPES`
               generator:torch.Generator=None # RNG for `noise` when it is None
              )->Tensor:                      # x_{t-1}

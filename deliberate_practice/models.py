@@ -16,12 +16,14 @@ from torch.utils.data import DataLoader, Dataset
 import timm
 from timm.data import resolve_model_data_config
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models import save_for_hf   # timm's public writer of hub-style folders (model.safetensors + config.json)
+# timm's public writer of hub-style folders (model.safetensors + config.json)
+from timm.models import save_for_hf
 from fastprogress.fastprogress import progress_bar
 from .data import digits_splits
 
 # %% ../nbs/04_models.ipynb #10ea7a0b
-def _conv_bn_relu(c_in, c_out): return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+def _conv_bn_relu(c_in, c_out):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
 # %% ../nbs/04_models.ipynb #21a87ba8
 class DigitsCNN(nn.Module):
@@ -29,11 +31,12 @@ class DigitsCNN(nn.Module):
     def __init__(self, num_classes:int=10,  # classes of the linear head (0: no head, return pooled features)
                  in_chans:int=1,            # input channels
                  drop_rate:float=0.,        # dropout before the head
-                 img_size=None,             # accepted for timm's interface; the network is fully convolutional
+                 img_size=None,   # accepted for timm's interface; the network is fully convolutional
                 ):
         super().__init__()
         self.num_classes, self.num_features, self.drop_rate = num_classes, 64, drop_rate
-        self.features = nn.Sequential(_conv_bn_relu(in_chans, 32), _conv_bn_relu(32, 64), nn.MaxPool2d(2), _conv_bn_relu(64, 64))
+        self.features = nn.Sequential(_conv_bn_relu(in_chans, 32), _conv_bn_relu(32, 64), nn.MaxPool2d(2),
+                                      _conv_bn_relu(64, 64))
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
     def forward_features(self, x): return self.features(x)
@@ -47,9 +50,11 @@ class DigitsCNN(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 # %% ../nbs/04_models.ipynb #85860774
-DIGITS_CNN_CFG = dict(num_classes=10, input_size=(1, 8, 8), pool_size=(4, 4), crop_pct=1.0, interpolation='bilinear',
-                      mean=(0.5,), std=(0.5,), first_conv='features.0.0', classifier='head', license='apache-2.0')
-default_cfgs = generate_default_cfgs({'digits_cnn': DIGITS_CNN_CFG})   # read by `register_model` from this module
+DIGITS_CNN_CFG = dict(num_classes=10, input_size=(1, 8, 8), pool_size=(4, 4), crop_pct=1.0,
+                      interpolation='bilinear', mean=(0.5,), std=(0.5,), first_conv='features.0.0',
+                      classifier='head', license='apache-2.0')
+# read by `register_model` from this module
+default_cfgs = generate_default_cfgs({'digits_cnn': DIGITS_CNN_CFG})
 
 # %% ../nbs/04_models.ipynb #40219d3b
 def _names_weights(cfg)->bool:
@@ -61,11 +66,15 @@ def _names_weights(cfg)->bool:
 @register_model
 def digits_cnn(pretrained:bool=False, **kwargs)->DigitsCNN:
     "The digits classifier (see `DigitsCNN`), built through timm."
-    if pretrained and not any(_names_weights(kwargs.get(k)) for k in ('pretrained_cfg', 'pretrained_cfg_overlay')):
-        raise ValueError("pretrained=True: digits_cnn has no pretrained weights; train one with `fit_classifier` (or use "
-                         "`digits_reference_classifier()`), or open an `export_timm` folder: timm.create_model('digits_cnn', "
-                         "checkpoint_path='FOLDER/model.safetensors', ...) or timm.create_model('local-dir:FOLDER', pretrained=True)")
-    if kwargs.get('pretrained_cfg') is None: kwargs['pretrained_cfg'] = DIGITS_CNN_CFG   # not only via the registry lookup
+    if pretrained and not any(_names_weights(kwargs.get(k))
+                              for k in ('pretrained_cfg', 'pretrained_cfg_overlay')):
+        raise ValueError("pretrained=True: digits_cnn has no pretrained weights; train one with "
+                         "`fit_classifier` (or use `digits_reference_classifier()`), or open an "
+                         "`export_timm` folder: timm.create_model('digits_cnn', "
+                         "checkpoint_path='FOLDER/model.safetensors', ...) "
+                         "or timm.create_model('local-dir:FOLDER', pretrained=True)")
+    # not only via the registry lookup
+    if kwargs.get('pretrained_cfg') is None: kwargs['pretrained_cfg'] = DIGITS_CNN_CFG
     return build_model_with_cfg(DigitsCNN, 'digits_cnn', pretrained=pretrained, **kwargs)
 
 # %% ../nbs/04_models.ipynb #98a4e1e2
@@ -74,12 +83,15 @@ class NormalizedClassifier(nn.Module):
     def __init__(self, model:nn.Module,     # the network, a timm model
                  mean,                      # per-channel mean subtracted from the [0, 1] images
                  std,                       # per-channel std they are divided by
-                 model_args:dict=None,      # `timm.create_model` arguments that rebuild `model` (num_classes, in_chans, img_size)
+                 model_args:dict=None,      # `timm.create_model` arguments that rebuild `model` (num_classes,
+                                            # in_chans, img_size)
                 ):
         super().__init__()
         self.model, self.model_args = model, dict(model_args or {})
-        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
+                             persistent=False)
     @property
     def num_classes(self)->int: return self.model.num_classes
     @property
@@ -92,38 +104,44 @@ def _channel_stats(stats, in_chans):
     if len(stats) == in_chans: return stats
     if len(stats) == 1: return stats * in_chans
     if in_chans == 1: return (sum(stats) / len(stats),)
-    raise ValueError(f"in_chans={in_chans} does not match the model's {len(stats)}-channel normalization {stats}")
+    raise ValueError(f"in_chans={in_chans} does not match the model's {len(stats)}-channel normalization "
+                     f"{stats}")
 
 # %% ../nbs/04_models.ipynb #b9b4ef00
 def _create_timm(name, img_size=None, **kw):
-    "`timm.create_model(name, **kw)` with `img_size` where the architecture takes one; returns the model and the size argument used."
+    "(`timm.create_model(name, **kw)`, the size argument used): `img_size` where the architecture takes one."
     if img_size is not None:
         try: return timm.create_model(name, img_size=img_size, **kw), dict(img_size=img_size)
-        except TypeError as e:   # raised when binding the constructor's arguments, before any weight is initialized
+        except TypeError as e:   # raised when binding the constructor's arguments, before any weight exists
             if "unexpected keyword argument 'img_size'" not in str(e): raise
     return timm.create_model(name, **kw), {}
 
 # %% ../nbs/04_models.ipynb #a9af6227
-def create_classifier(name:str,            # a timm architecture, e.g. 'digits_cnn', 'resnet50', 'vit_base_patch16_224'
+def create_classifier(name:str,   # a timm architecture, e.g. 'digits_cnn', 'resnet50', 'vit_base_patch16_224'
                       num_classes:int,     # number of classes of the head
                       in_chans:int=3,      # input channels (1 for digits)
-                      img_size:int=None,   # input size, for architectures that take one (ViTs); None = the architecture's default
-                      **kw,                # passed to `timm.create_model` (pretrained=False unless given, drop_rate, checkpoint_path, ...)
-                     )->NormalizedClassifier: # takes (B, in_chans, H, W) images in [0, 1], returns (B, num_classes) logits
+                      img_size:int=None,   # input size, for architectures that take one (ViTs); None: default
+                      **kw,                # to `timm.create_model` (pretrained=False unless given)
+                     )->NormalizedClassifier: # (B, in_chans, H, W) images in [0, 1] -> logits
     "A timm classifier that takes images in [0, 1], normalized with its `pretrained_cfg` mean and std."
-    if not timm.is_model(name): raise ValueError(f"name must be a timm architecture, got {name!r}; see timm.list_models('*{name[:4]}*')")
-    if not (isinstance(num_classes, int) and num_classes > 0): raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not timm.is_model(name):
+        raise ValueError(f"name must be a timm architecture, got {name!r}; "
+                         f"see timm.list_models('*{name[:4]}*')")
+    if not (isinstance(num_classes, int) and num_classes > 0):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     args = dict(num_classes=num_classes, in_chans=in_chans)
     model, size_arg = _create_timm(name, img_size, pretrained=kw.pop('pretrained', False), **args, **kw)
     cfg = resolve_model_data_config(model)
-    return NormalizedClassifier(model, _channel_stats(cfg['mean'], in_chans), _channel_stats(cfg['std'], in_chans), model_args=args | size_arg)
+    return NormalizedClassifier(model, _channel_stats(cfg['mean'], in_chans),
+                                _channel_stats(cfg['std'], in_chans), model_args=args | size_arg)
 
 # %% ../nbs/04_models.ipynb #a1e546a3
 def _check_xy(x, y):
-    if len(x) != len(y) or len(x) == 0: raise ValueError(f"x and y must be non-empty with the same length, got {len(x)} and {len(y)}")
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x and y must be non-empty with the same length, got {len(x)} and {len(y)}")
 
 # %% ../nbs/04_models.ipynb #83c1b274
-def fit_classifier(model:nn.Module,     # classifier taking x, returning logits (e.g. from `create_classifier`)
+def fit_classifier(model:nn.Module,   # classifier taking x, returning logits (e.g. from `create_classifier`)
                    x:Tensor,            # (N, C, H, W) training images in [0, 1]
                    y:Tensor,            # (N,) int64 labels
                    epochs:int=30,       # passes over the data
@@ -147,14 +165,18 @@ def fit_classifier(model:nn.Module,     # classifier taking x, returning logits 
         for _ in (pb := progress_bar(range(epochs), leave=False)) if progress else range(epochs):
             for idx in torch.randperm(len(x), generator=g).split(batch_size):
                 loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
-                opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
             if progress: pb.comment = f'loss {loss.item():.3f}'
     return model.eval()
 
 # %% ../nbs/04_models.ipynb #09875911
 @torch.no_grad()
 def accuracy(model:nn.Module,     # classifier taking x, returning logits
-             x:Tensor|Dataset,    # (N, C, H, W) images in [0, 1], or a Dataset of (image, label) (e.g. an ImageNet folder)
+             x:Tensor|Dataset,    # (N, C, H, W) images in [0, 1], or a Dataset of (image, label) (e.g. an
+                                  # ImageNet folder)
              y:Tensor=None,       # (N,) int64 labels; None when `x` is a Dataset
              batch_size:int=512,  # images per forward pass
             )->float:             # fraction of images whose arg-max logit is the label
@@ -162,7 +184,9 @@ def accuracy(model:nn.Module,     # classifier taking x, returning logits
     if y is None:
         if len(x) == 0: raise ValueError("x must be a non-empty Dataset of (image, label) when y is None")
         batches = DataLoader(x, batch_size)
-    else: _check_xy(x, y); batches = zip(x.split(batch_size), y.split(batch_size))
+    else:
+        _check_xy(x, y)
+        batches = zip(x.split(batch_size), y.split(batch_size))
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
     correct = sum((model(xb.to(device)).argmax(1).cpu() == yb).sum().item() for xb, yb in batches)
@@ -171,7 +195,7 @@ def accuracy(model:nn.Module,     # classifier taking x, returning logits
 
 # %% ../nbs/04_models.ipynb #404512e0
 def digits_reference_classifier(seed:int=0,   # seeds the initialization, shuffling and dropout
-                               )->NormalizedClassifier: # digits_cnn trained on the real `gen` split, eval mode
+                               )->NormalizedClassifier: # digits_cnn trained on the real `gen` split
     "`digits_cnn` trained on the real digits `gen` split in a few seconds (test accuracy ~0.98)."
     x, y = digits_splits(0)['gen']
     with torch.random.fork_rng(devices=[]):
@@ -180,24 +204,34 @@ def digits_reference_classifier(seed:int=0,   # seeds the initialization, shuffl
     return fit_classifier(model, x, y, epochs=10, lr=3e-3, batch_size=64, seed=seed)
 
 # %% ../nbs/04_models.ipynb #076aad1a
-def export_timm(model:NormalizedClassifier,  # trained classifier from `create_classifier` (e.g. `DPTrainer.eval_model`: the EMA copy when EMA is on)
-                path:str|Path,               # folder to write `model.safetensors` and `config.json` into (created; the two files are replaced)
-                model_args:dict=None,        # `timm.create_model` arguments that rebuild the network; None: those `create_classifier` recorded
+def export_timm(model:NormalizedClassifier,  # from `create_classifier` (e.g. `DPTrainer.eval_model`)
+                path:str|Path,               # folder for `model.safetensors` and `config.json` (replaced)
+                model_args:dict=None,        # `timm.create_model` arguments of the network; None: recorded
                 label_names:list=None,       # class names by class index, written to config.json
                )->Path:                      # the folder
-    "Write `model`'s timm network as a timm checkpoint folder: `model.safetensors` and a timm `config.json` with its normalization."
+    "Write `model`'s timm network as a timm checkpoint folder, with its normalization in `config.json`."
     if not isinstance(model, NormalizedClassifier):
-        raise ValueError(f"model must be a NormalizedClassifier (from create_classifier), got {type(model).__name__}; wrap a timm model "
-                         "as NormalizedClassifier(net, mean, std, model_args=dict(num_classes=..., in_chans=...))")
-    args, net, path = dict(model_args if model_args is not None else model.model_args), model.model, Path(path)
-    if not {'num_classes', 'in_chans'} <= set(args): raise ValueError(f"model_args must hold num_classes and in_chans, got {args}")
-    if not timm.is_model(arch := net.pretrained_cfg.get('architecture')): raise ValueError(f"model.model is not a timm architecture, got {arch!r}")
-    save_for_hf(net, path, model_config=dict(label_names=list(label_names)) if label_names else None, model_args=args, safe_serialization=True)
-    (path / 'model.safetensors').chmod((path / 'config.json').stat().st_mode & 0o777)   # safetensors writes 0600; config.json has open()'s mode: readable by colleagues
+        raise ValueError(f"model must be a NormalizedClassifier (from create_classifier), "
+                         f"got {type(model).__name__}; wrap a timm model as "
+                         "NormalizedClassifier(net, mean, std, model_args=dict(num_classes=..., "
+                         "in_chans=...))")
+    args, net, path = (dict(model_args if model_args is not None else model.model_args), model.model,
+                       Path(path))
+    if not {'num_classes', 'in_chans'} <= set(args):
+        raise ValueError(f"model_args must hold num_classes and in_chans, got {args}")
+    if not timm.is_model(arch := net.pretrained_cfg.get('architecture')):
+        raise ValueError(f"model.model is not a timm architecture, got {arch!r}")
+    save_for_hf(net, path, model_config=dict(label_names=list(label_names)) if label_names else None,
+                model_args=args, safe_serialization=True)
+    # safetensors writes 0600; config.json has open()'s mode: readable by colleagues
+    (path / 'model.safetensors').chmod((path / 'config.json').stat().st_mode & 0o777)
     cfg = json.loads((path / 'config.json').read_text())
     size = args.get('img_size') or net.pretrained_cfg['input_size'][1:]
-    cfg['pretrained_cfg'] = {k: v for k, v in cfg['pretrained_cfg'].items() if k not in ('tag', 'test_input_size', 'test_crop_pct', 'test_pool_size')} | dict(
-        num_classes=net.num_classes, input_size=[args['in_chans'], *((size, size) if isinstance(size, int) else size)], crop_pct=1.0,
+    cfg['pretrained_cfg'] = {k: v for k, v in cfg['pretrained_cfg'].items()
+                             if k not in ('tag', 'test_input_size', 'test_crop_pct', 'test_pool_size')
+                            } | dict(
+        num_classes=net.num_classes,
+        input_size=[args['in_chans'], *((size, size) if isinstance(size, int) else size)], crop_pct=1.0,
         mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist())
     (path / 'config.json').write_text(json.dumps(cfg, indent=2))
     return path
@@ -206,16 +240,21 @@ def export_timm(model:NormalizedClassifier,  # trained classifier from `create_c
 def load_exported(path:str|Path,   # a folder written by `export_timm` (a run's `model/` folder)
                   device='cpu',    # where to put the classifier
                  )->NormalizedClassifier:  # the classifier on [0, 1] images, in eval mode
-    "Open an `export_timm` folder with `timm.create_model(architecture, checkpoint_path=...)`, normalized as its config.json says."
+    "Open an `export_timm` folder with `timm.create_model`, normalized as its config.json says."
     path = Path(path)
     for f in (path / 'config.json', path / 'model.safetensors'):
-        if not f.is_file(): raise FileNotFoundError(f"{f} not found: pass the folder export_timm wrote (model.safetensors + config.json)")
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found: pass the folder export_timm wrote "
+                                    "(model.safetensors + config.json)")
     cfg = json.loads((path / 'config.json').read_text())
     if not timm.is_model(arch := cfg['architecture']):
-        raise ValueError(f"architecture {arch!r} of {path / 'config.json'} is not registered with timm: import the module that registers it "
-                         "(`import deliberate_practice.models` for digits_cnn), or upgrade timm")
+        raise ValueError(f"architecture {arch!r} of {path / 'config.json'} is not registered with timm: "
+                         "import the module that registers it (`import deliberate_practice.models` "
+                         "for digits_cnn), or upgrade timm")
     pc = cfg['pretrained_cfg']
     args = cfg.get('model_args') or dict(num_classes=cfg['num_classes'], in_chans=pc['input_size'][0])
-    data_cfg = {k: tuple(pc[k]) if isinstance(pc[k], list) else pc[k] for k in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation') if k in pc}
-    net = timm.create_model(arch, checkpoint_path=str(path / 'model.safetensors'), pretrained_cfg_overlay=data_cfg, **args)
+    data_cfg = {k: tuple(pc[k]) if isinstance(pc[k], list) else pc[k]
+                for k in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation') if k in pc}
+    net = timm.create_model(arch, checkpoint_path=str(path / 'model.safetensors'),
+                            pretrained_cfg_overlay=data_cfg, **args)
     return NormalizedClassifier(net, pc['mean'], pc['std'], model_args=args).to(device).eval()
