@@ -17,9 +17,12 @@ __all__ = ['CHOICES', 'REPEATABLE', 'GIB', 'MIB', 'GUIDANCE_VIEW_MIB', 'UNET_MIB
 import argparse, dataclasses, json, math, os, sys, textwrap, time
 from pathlib import Path
 from fastcore.docments import docments
-from .config import (DPConfig, PRESETS, preset, check_value, config_from_file, SELECTIONS, SCORE_METRICS, SCHEDULERS,
-                                        DATASETS, PRECISIONS, GUIDANCE_FORMS, POOL_AUGMENTS, device_type, in_decay_phase, steps_per_epoch,
-                                        process_batches, pool_size_problem, initial_sampling, parse_overrides, reproduce_configs,
+from .config import (DPConfig, PRESETS, preset, check_value, config_from_file, SELECTIONS,
+                                        SCORE_METRICS, SCHEDULERS,
+                                        DATASETS, PRECISIONS, GUIDANCE_FORMS, POOL_AUGMENTS, device_type,
+                                        in_decay_phase, steps_per_epoch,
+                                        process_batches, pool_size_problem, initial_sampling, parse_overrides,
+                                        reproduce_configs,
                                         pool_key, row_config, ROWS)
 
 # %% ../nbs/10_cli.ipynb #751288f9
@@ -28,7 +31,8 @@ class _OneLineParser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f"{self.prog}: error: {message}\n")
 
 # %% ../nbs/10_cli.ipynb #4157fcbc
-CHOICES = dict(selection=SELECTIONS, score_metric=SCORE_METRICS, scheduler=SCHEDULERS, dataset=tuple(DATASETS), mixed_precision=PRECISIONS,
+CHOICES = dict(selection=SELECTIONS, score_metric=SCORE_METRICS, scheduler=SCHEDULERS,
+               dataset=tuple(DATASETS), mixed_precision=PRECISIONS,
                guidance_form=GUIDANCE_FORMS, pool_augment=POOL_AUGMENTS)
 
 # %% ../nbs/10_cli.ipynb #8ae09c1a
@@ -40,52 +44,72 @@ def flag_names(name:str)->list:
 # %% ../nbs/10_cli.ipynb #4105158e
 def presets_help()->str:
     "What each preset changes from the `DPConfig` defaults, for `--help`."
-    changes = lambda kw: ', '.join(f'{k}={v}' for k, v in kw.items() if getattr(DPConfig, k) != v) or 'nothing: the defaults above are the digits run'
+    changes = lambda kw: ', '.join(f'{k}={v}' for k, v in kw.items()
+            if getattr(DPConfig, k) != v) or 'nothing: the defaults above are the digits run'
     return 'presets (what each changes in the defaults above):\n' + '\n'.join(
-        textwrap.fill(changes(kw), 100, initial_indent=f'  {n}: ', subsequent_indent=' ' * 4) for n, kw in PRESETS.items())
+        textwrap.fill(changes(kw), 100, initial_indent=f'  {n}: ',
+                      subsequent_indent=' ' * 4) for n, kw in PRESETS.items())
 
 # %% ../nbs/10_cli.ipynb #8ce04d54
 REPEATABLE = ('extra_test',)   # fields whose flag may be given several times: the values are joined with ','
 
 def add_config_flags(p:argparse.ArgumentParser, skip:tuple=())->argparse.ArgumentParser:
-    "Add one flag per `DPConfig` field (but those in `skip`), in both spellings, documented from the field's comment."
+    "Add a flag per `DPConfig` field (but `skip`), in both spellings, documented from the field's comment."
     docs = docments(DPConfig)
     for f in dataclasses.fields(DPConfig):
         if f.name in skip: continue
-        kw = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(metavar='{' + ','.join(CHOICES[f.name]) + '}' if f.name in CHOICES else f.name.upper())
+        kw = dict(action=argparse.BooleanOptionalAction) if f.type is bool else dict(metavar='{'
+                + ','.join(CHOICES[f.name]) + '}' if f.name in CHOICES else f.name.upper())
         if f.name in REPEATABLE: kw.update(action='append', metavar='NAME=DIR')
-        p.add_argument(*flag_names(f.name), dest=f.name, help=f"{docs.get(f.name) or ''} (default: {f.default})", **kw)
+        p.add_argument(*flag_names(f.name), dest=f.name,
+                       help=f"{docs.get(f.name) or ''} (default: {f.default})", **kw)
     return p
 
 
 # %% ../nbs/10_cli.ipynb #067ee039
 def build_parser()->argparse.ArgumentParser:
-    "The `dp-train` parser: run flags (`--out`, `--resume`, `--preset`, `--config`, ...) and one flag per `DPConfig` field, each in both spellings."
-    p = _OneLineParser(prog='dp-train', description='Train a classifier with Deliberate Practice on synthetic data.', epilog=presets_help(),
-                       argument_default=argparse.SUPPRESS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--out', help='run folder: checkpoint.pt, history.jsonl, history.csv, final.json (required, but with --print-config)')
+    "The `dp-train` parser: run flags (`--out`, `--resume`, `--preset`, ...) and a flag per `DPConfig` field."
+    p = _OneLineParser(
+        prog='dp-train', description='Train a classifier with Deliberate Practice on synthetic data.',
+        epilog=presets_help(),
+                       argument_default=argparse.SUPPRESS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', help='run folder: checkpoint.pt, history.jsonl, history.csv, final.json '
+                                 '(required, but with --print-config)')
     p.add_argument('--resume', action='store_true', help="continue the run in --out from its checkpoint")
-    p.add_argument(*flag_names('preset'), choices=tuple(PRESETS), help="start from a preset (default: --dataset's preset, else digits)")
-    p.add_argument(*flag_names('config'), metavar='FILE', help="JSON or YAML file of DPConfig fields (a run's final.json works as is); flags override it")
-    p.add_argument(*flag_names('print_config'), action='store_true', dest='print_config', help='print the resolved configuration as JSON and exit (loads no model or data)')
-    p.add_argument(*flag_names('dry_run'), nargs='?', const='check', choices=('check', 'timed'), dest='dry_run',
-                   help='check data, weights, run folder and devices, print the plan (images, steps, memory; timed: seconds too) and exit')
-    p.add_argument(*flag_names('memory_limit'), type=float, metavar='GB', dest='memory_limit', help="with --dry-run: the memory per process to plan for (default: the GPU's)")
+    p.add_argument(*flag_names('preset'), choices=tuple(PRESETS),
+                   help="start from a preset (default: --dataset's preset, else digits)")
+    p.add_argument(*flag_names('config'), metavar='FILE',
+            help="JSON or YAML file of DPConfig fields (a run's final.json works as is); flags override it")
+    p.add_argument(*flag_names('print_config'), action='store_true', dest='print_config',
+                   help='print the resolved configuration as JSON and exit (loads no model or data)')
+    p.add_argument(*flag_names('dry_run'), nargs='?', const='check', choices=('check', 'timed'),
+                   dest='dry_run',
+                   help='check data, weights, run folder and devices, print the plan (images, steps, memory; '
+                        'timed: seconds too) and exit')
+    p.add_argument(*flag_names('memory_limit'), type=float, metavar='GB', dest='memory_limit',
+                   help="with --dry-run: the memory per process to plan for (default: the GPU's)")
     p.add_argument(*flag_names('threads'), type=int, metavar='N', help="torch CPU threads (default: torch's)")
     p.add_argument(*flag_names('checkpoint_every'), type=float, metavar='MINUTES', dest='checkpoint_every',
-                   help='also write a checkpoint inside an epoch every MINUTES (default: 30); a kill without warning loses at most that')
+                   help='also write a checkpoint inside an epoch every MINUTES (default: 30); a kill without '
+                        'warning loses at most that')
     p.add_argument(*flag_names('quiet'), action='store_true', help='no per-epoch line on stdout')
-    p.add_argument(*flag_names('report_to'), action='append', dest='report_to', metavar='{tensorboard,wandb,trackio,mlflow,all,none}',
-                   help='experiment trackers, through accelerate (a comma list, or the flag again): tensorboard into OUT/tensorboard, wandb, trackio, mlflow; '
-                        'all: the installed ones; each gets the config as hyper-parameters and every epoch\'s numbers (default: none)')
-    p.add_argument('--tensorboard', action='append_const', const='tensorboard', dest='report_to', help='the same as --report-to tensorboard')
+    p.add_argument(*flag_names('report_to'), action='append', dest='report_to',
+                   metavar='{tensorboard,wandb,trackio,mlflow,all,none}',
+                   help='experiment trackers, through accelerate (a comma list, or the flag again): '
+                        'tensorboard into OUT/tensorboard, wandb, trackio, mlflow; '
+                        'all: the installed ones; each gets the config as hyper-parameters and every '
+                        'epoch\'s numbers (default: none)')
+    p.add_argument('--tensorboard', action='append_const', const='tensorboard', dest='report_to',
+                   help='the same as --report-to tensorboard')
     return add_config_flags(p)
 
 # %% ../nbs/10_cli.ipynb #7a050d3f
 def config_flags(ns)->dict:
-    "The typed `DPConfig` fields given as flags in the parsed namespace `ns` (a repeatable flag's values joined with ',')."
+    "The typed `DPConfig` fields given as flags in `ns` (a repeatable flag's values joined with ',')."
     types = {f.name: f.type for f in dataclasses.fields(DPConfig)}
-    return {k: check_value(k, ','.join(v) if k in REPEATABLE else v, types[k], parse=True) for k, v in vars(ns).items() if k in types}
+    return {k: check_value(k, ','.join(v) if k in REPEATABLE else v, types[k], parse=True)
+            for k, v in vars(ns).items() if k in types}
 
 def parse_args(argv:list=None)->tuple:  # command-line arguments (default: sys.argv[1:])
     "`(config overrides, namespace)`: the typed `DPConfig` fields given on the command line, and all flags."
@@ -95,56 +119,73 @@ def parse_args(argv:list=None)->tuple:  # command-line arguments (default: sys.a
 
 # %% ../nbs/10_cli.ipynb #60674692
 class LineReporter:
-    "Progress of one long step as plain log lines: at the start, then at least every `every_s` seconds or `every_frac` of the total, with rate and ETA."
-    def __init__(self, total:int, desc:str, every_s:float=30., every_frac:float=0.05, file=None, clock=time.monotonic):
-        self.total, self.desc, self.every_s, self.every_frac, self.file, self.clock = total, desc, every_s, every_frac, file, clock
+    "A long step's progress as log lines: at the start, then every `every_s` s or `every_frac`, with ETA."
+    def __init__(self, total:int, desc:str, every_s:float=30., every_frac:float=0.05, file=None,
+                 clock=time.monotonic):
+        self.total, self.desc, self.every_s, self.every_frac, self.file, self.clock = (
+            total, desc, every_s, every_frac, file, clock)
         self.done, self.t0 = 0, clock()
         self.last_t, self.last_done = self.t0, 0
         self._print(f"{desc}: {total:,} images")
     def _print(self, msg): print(msg, file=self.file or sys.stdout, flush=True)
     def __call__(self, n:int):
-        self.done = min(self.done + n, self.total); now = self.clock()
-        if self.done < self.total and now - self.last_t < self.every_s and self.done - self.last_done < self.every_frac * self.total: return
+        self.done = min(self.done + n, self.total)
+        now = self.clock()
+        if (self.done < self.total and now - self.last_t < self.every_s
+                and self.done - self.last_done < self.every_frac * self.total):
+            return
         rate = self.done / max(now - self.t0, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float('inf')
-        self._print(f"{self.desc}: {self.done:,}/{self.total:,} ({100 * self.done / self.total:.0f}%), {rate:.3g} images/s, "
-                    + (f"done in {_duration(now - self.t0)}" if self.done == self.total else f"{_duration(eta)} left"))
+        self._print(f"{self.desc}: {self.done:,}/{self.total:,} ({100 * self.done / self.total:.0f}%), "
+                    f"{rate:.3g} images/s, "
+                    + (f"done in {_duration(now - self.t0)}" if self.done == self.total
+                       else f"{_duration(eta)} left"))
         self.last_t, self.last_done = now, self.done
 
 # %% ../nbs/10_cli.ipynb #65e79724
-def _duration(s:float)->str: return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+def _duration(s:float)->str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 # %% ../nbs/10_cli.ipynb #32768d7e
 def console_reporter(quiet:bool=False):
-    "The reporter factory of a command: None with `quiet`; fastprogress bars on a terminal or in Jupyter; `LineReporter` lines otherwise."
+    "A command's reporter factory: None if `quiet`; fastprogress bars on a terminal or Jupyter; else lines."
     if quiet: return None
     from fastprogress.fastprogress import IN_NOTEBOOK
     if not (IN_NOTEBOOK or sys.stdout.isatty()): return LineReporter
     from fastprogress.fastprogress import progress_bar
     def bar(total, desc):
         pb, done = progress_bar(range(total), leave=False), [0]
-        pb.comment = desc; pb.update(0)
-        def update(n): done[0] = min(done[0] + n, total); pb.update(done[0])
+        pb.comment = desc
+        pb.update(0)
+        def update(n):
+            done[0] = min(done[0] + n, total)
+            pb.update(done[0])
         return update
     return bar
 
 # %% ../nbs/10_cli.ipynb #cb859d21
 def _one_line(e)->str:
-    "An error as one line: its message, or for an error re-raised from a DataLoader worker (several lines) its last line, which names the file."
+    "An error as one line: its message, or the last line of a DataLoader worker's (it names the file)."
     lines = [l for l in str(e).strip().splitlines() if l.strip()] or [type(e).__name__]
-    return lines[-1] if len(lines) > 1 and lines[0].startswith('Caught ') else ' '.join(l.strip() for l in lines)
+    return (lines[-1] if len(lines) > 1 and lines[0].startswith('Caught ')
+            else ' '.join(l.strip() for l in lines))
 
 # %% ../nbs/10_cli.ipynb #6d54c7a5
-def _fail(e, prog='dp-train'): sys.stderr.write(f"{prog}: error: {_one_line(e)}\n"); sys.exit(2)
+def _fail(e, prog='dp-train'):
+    sys.stderr.write(f"{prog}: error: {_one_line(e)}\n")
+    sys.exit(2)
 
 # %% ../nbs/10_cli.ipynb #3d404fcb
 def _warn_nonfinite(trainer, row):
-    "A line on stderr when a refresh dropped more than 1% of its guidance gradients as NaN/inf, or could not score some pool images."
+    "Warn on stderr when a refresh lost >1% of its guidance gradients to NaN/inf or could not score images."
     if row['n_guided'] and row['n_nonfinite'] > 0.01 * row['n_guided']:
-        print(f"dp-train: warning: epoch {row['epoch']}: the refresh dropped {row['n_nonfinite']} of {row['n_guided']} guidance gradients as NaN/inf "
-              f"({100 * row['n_nonfinite'] / row['n_guided']:.1f}%): those images were generated without entropy guidance", file=sys.stderr, flush=True)
+        print(f"dp-train: warning: epoch {row['epoch']}: the refresh dropped {row['n_nonfinite']} of "
+              f"{row['n_guided']} guidance gradients as NaN/inf "
+              f"({100 * row['n_nonfinite'] / row['n_guided']:.1f}%): those images were generated without "
+              "entropy guidance", file=sys.stderr, flush=True)
     if row['n_nonfinite_scores']:
-        print(f"dp-train: warning: epoch {row['epoch']}: the classifier scored {row['n_nonfinite_scores']} pool images NaN/inf; they were pruned first",
+        print(f"dp-train: warning: epoch {row['epoch']}: the classifier scored {row['n_nonfinite_scores']} "
+              "pool images NaN/inf; they were pruned first",
               file=sys.stderr, flush=True)
 
 # %% ../nbs/10_cli.ipynb #c7b08272
@@ -155,12 +196,14 @@ def _print_row(trainer, row):
 
 # %% ../nbs/10_cli.ipynb #0682214e
 class CurvesWriter:
-    "A callback redrawing `curves.png` at most every `every_s` seconds (a long run's figure stays fresh; a short run draws it once, at the end)."
-    def __init__(self, out, every_s:float=120.): self.out, self.every_s, self.last = Path(out), every_s, time.monotonic()
+    "A callback redrawing `curves.png` at most every `every_s` seconds (a short run: once, at the end)."
+    def __init__(self, out, every_s:float=120.):
+        self.out, self.every_s, self.last = Path(out), every_s, time.monotonic()
     def __call__(self, trainer, row):
         if time.monotonic() - self.last < self.every_s: return
-        from deliberate_practice.store import plot_curves, CURVES
-        plot_curves(trainer.history, self.out / CURVES); self.last = time.monotonic()
+        from deliberate_practice.runfolder import plot_curves, CURVES
+        plot_curves(trainer.history, self.out / CURVES)
+        self.last = time.monotonic()
 
 # %% ../nbs/10_cli.ipynb #154da7e5
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -169,20 +212,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 # %% ../nbs/10_cli.ipynb #f67cc85f
 def resolve_config(kw:dict, ns)->DPConfig:
-    "The run's configuration: with `--resume`, the run's own (`--preset`, `--config` and flags must agree with it), else `--preset` (default: `--dataset`'s, else digits) under `--config` under the flags."
-    if getattr(ns, 'out', None) is None and not getattr(ns, 'print_config', False): raise ValueError("out is required: pass --out FOLDER (only --print-config runs without one)")
-    if str(getattr(ns, 'out', 'x')).strip() == '': raise ValueError(f"out must be a folder path, got {ns.out!r}")
-    out, kw = Path(getattr(ns, 'out', '.')), {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}), **kw}
+    "The run's configuration: with `--resume` the run's own, else `--preset` under `--config` under flags."
+    if getattr(ns, 'out', None) is None and not getattr(ns, 'print_config', False):
+        raise ValueError("out is required: pass --out FOLDER (only --print-config runs without one)")
+    if str(getattr(ns, 'out', 'x')).strip() == '':
+        raise ValueError(f"out must be a folder path, got {ns.out!r}")
+    out, kw = Path(getattr(ns, 'out', '.')), {**(config_from_file(ns.config) if getattr(ns, 'config', None)
+                                                 else {}), **kw}
     name = getattr(ns, 'preset', None)
     if getattr(ns, 'resume', False):
         from deliberate_practice.trainer import DPTrainer
-        if DPTrainer.has_run(out):                                   # a checkpoint, or run.json: the run as it started
+        # a checkpoint, or run.json: the run as it started
+        if DPTrainer.has_run(out):
             saved = DPTrainer.saved_config(out)
-            given = {**(PRESETS[name] if name in PRESETS else {}), **kw}     # a preset given again must be the run's
-            if name is not None and name not in PRESETS: raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
-            diff = [f"{k} is {getattr(saved, k)!r} in the run, got {v!r}" + (f" (preset {name})" if k not in kw else '')
+            # a preset given again must be the run's
+            given = {**(PRESETS[name] if name in PRESETS else {}), **kw}
+            if name is not None and name not in PRESETS:
+                raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
+            diff = [f"{k} is {getattr(saved, k)!r} in the run, got {v!r}"
+                    + (f" (preset {name})" if k not in kw else '')
                     for k, v in given.items() if getattr(saved, k) != v]
-            if diff: raise ValueError('; '.join(diff) + ': --resume continues the run in --out with its own settings')
+            if diff:
+                raise ValueError('; '.join(diff)
+                                 + ': --resume continues the run in --out with its own settings')
             return saved
     return preset(name or kw.get('dataset', 'digits'), **kw)
 
@@ -191,7 +243,8 @@ def resolve_config(kw:dict, ns)->DPConfig:
 def _where(trainer)->str:
     "Where a resumed run stands, in words: its initial pool, an epoch's batch, a refresh, or the end."
     at, e = trainer._at, trainer.epoch
-    if trainer.pool is None: return "its initial pool (batches finished before the stop are loaded, not generated again)"
+    if trainer.pool is None:
+        return "its initial pool (batches finished before the stop are loaded, not generated again)"
     if at and at['kind'] == 'train': return f"epoch {e + 1} after batch {at['batch']}"
     if at and at['kind'] == 'refresh': return f"the refresh after epoch {e + 1}"
     return f"after epoch {e}" if e < trainer.cfg.epochs else "the finished run: writing its results"
@@ -199,26 +252,39 @@ def _where(trainer)->str:
 
 # %% ../nbs/10_cli.ipynb #d93eb492
 def _train(cfg:DPConfig, ns, command:list):
-    "The run of `dp_train`: check and lock `--out`, then start the run or continue it from wherever it stopped."
+    "The run of `dp_train`: check and lock `--out`, then start the run or continue it where it stopped."
     from deliberate_practice.trainer import DPTrainer
     from deliberate_practice.data import dataset_entry
-    from deliberate_practice.store import distributed_state, open_run_folder, plot_curves, CURVES, fault_point, report_to_trackers
+    from deliberate_practice.runfolder import (distributed_state, open_run_folder, plot_curves, CURVES,
+        fault_point, report_to_trackers)
     fault_point('start')
-    trackers = report_to_trackers(getattr(ns, 'report_to', None))   # a tracker not installed: one line, before anything is written
+    # a tracker not installed: one line, before anything is written
+    trackers = report_to_trackers(getattr(ns, 'report_to', None))
     out, resume, quiet = Path(ns.out), getattr(ns, 'resume', False), getattr(ns, 'quiet', False)
     every = getattr(ns, 'checkpoint_every', 30.)
-    if every is not None and not every > 0: raise ValueError(f"checkpoint_every must be a positive number of minutes, got {every}")
+    if every is not None and not every > 0:
+        raise ValueError(f"checkpoint_every must be a positive number of minutes, got {every}")
     main, started = distributed_state(cfg).is_main_process, resume and DPTrainer.has_run(out)
-    if (p := pool_size_problem(cfg, len(dataset_entry(cfg.dataset).classes(cfg)[0]))): raise ValueError(p)   # before the folder is locked or a model loaded
-    if main:                                                       # before any model is loaded: bad --out, a busy or finished folder, a full disk
+    # before the folder is locked or a model loaded
+    if (p := pool_size_problem(cfg, len(dataset_entry(cfg.dataset).classes(cfg)[0]))): raise ValueError(p)
+    # before any model is loaded: bad --out, a busy or finished folder, a full disk
+    if main:
         for p in check_disk(cfg, out, classifier_params(cfg)): raise ValueError(p)
         open_run_folder(out, fresh=not resume)
-        if resume and not started: print(f"dp-train: --resume: {out} holds no run yet (no run.json, no checkpoint.pt): starting it", flush=True)
-    if main and not quiet: print(f"dp-train: {'resuming' if started else 'starting'} {cfg.dataset} run in {out}: pool {cfg.pool_size:,}, "
-                                 f"{cfg.epochs} epochs, model {cfg.model}, device {cfg.device}; loading the generator and data", flush=True)
+        if resume and not started:
+            print(f"dp-train: --resume: {out} holds no run yet (no run.json, no checkpoint.pt): starting it",
+                  flush=True)
+    if main and not quiet:
+        print(f"dp-train: {'resuming' if started else 'starting'} {cfg.dataset} run in {out}: pool "
+              f"{cfg.pool_size:,}, "
+                                 f"{cfg.epochs} epochs, model {cfg.model}, device {cfg.device}; loading the "
+                                 "generator and data", flush=True)
     cbs = ([] if quiet else [_print_row]) + [_warn_nonfinite, CurvesWriter(out)]
-    kw = dict(callbacks=cbs, report_to=trackers, progress=console_reporter(quiet or not main) or False, checkpoint_every=every)   # generator and data: the dataset's
-    trainer = DPTrainer.resume(out, **kw) if started else DPTrainer(cfg, out=out, fresh=not resume, command=command, **kw)
+    # generator and data: the dataset's
+    kw = dict(callbacks=cbs, report_to=trackers, progress=console_reporter(quiet or not main) or False,
+              checkpoint_every=every)
+    trainer = DPTrainer.resume(out, **kw) if started else DPTrainer(cfg, out=out, fresh=not resume,
+                                                                    command=command, **kw)
     if main and started and not quiet: print(f"dp-train: continuing {_where(trainer)}", flush=True)
     trainer.fit()
     if main: plot_curves(trainer.history, out / CURVES)
@@ -226,24 +292,29 @@ def _train(cfg:DPConfig, ns, command:list):
 
 # %% ../nbs/10_cli.ipynb #a4165806
 def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
-    "Console script: run (or resume) Deliberate Practice training into `--out` (`run.json`, `history.jsonl`, `final.json`, `checkpoint.pt`)."
+    "Console script: run (or resume) Deliberate Practice training into `--out`."
     import warnings
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    from deliberate_practice.store import preemptible, Preempted, PREEMPTED_EXIT
+    from deliberate_practice.runfolder import preemptible, Preempted, PREEMPTED_EXIT
     try:
-        with preemptible():                                          # from here, SIGTERM/SIGUSR1 stop the run cleanly
+        # from here, SIGTERM/SIGUSR1 stop the run cleanly
+        with preemptible():
             kw, ns = parse_args(argv)
             cfg = resolve_config(kw, ns)
             if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
             if getattr(ns, 'threads', None) is not None:
                 if ns.threads < 1: raise ValueError(f"threads must be >= 1, got {ns.threads}")
-                import torch; torch.set_num_threads(ns.threads)
-            if getattr(ns, 'dry_run', None): return _report_dry_run(*dry_run(cfg, ns.out, getattr(ns, 'resume', False), ns.dry_run == 'timed', getattr(ns, 'memory_limit', None),
+                import torch
+                torch.set_num_threads(ns.threads)
+            if getattr(ns, 'dry_run', None):
+                return _report_dry_run(*dry_run(cfg, ns.out, getattr(ns, 'resume', False),
+                                                ns.dry_run == 'timed', getattr(ns, 'memory_limit', None),
                                                                        getattr(ns, 'report_to', None)))
             _train(cfg, ns, ['dp-train', *argv])
     except Preempted as e:
-        print(f"dp-train: {e}; exiting with status {PREEMPTED_EXIT}: run the same command with --resume to continue", file=sys.stderr, flush=True)
+        print(f"dp-train: {e}; exiting with status {PREEMPTED_EXIT}: run the same command with "
+              "--resume to continue", file=sys.stderr, flush=True)
         sys.exit(PREEMPTED_EXIT)
     except (ValueError, OSError, FloatingPointError) as e: _fail(e)
     finally: warnings.showwarning = shown
@@ -251,69 +322,85 @@ def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
 
 # %% ../nbs/10_cli.ipynb #96b75c84
 def refresh_schedule(cfg:DPConfig)->list:
-    "The most refreshes a run can make: the epochs (1-based) after which one happens if val accuracy never improves after the first epoch."
+    "The most refreshes of a run: the epochs (1-based) after which one comes if val accuracy never improves."
     if cfg.selection == 'none': return []
     wait, patience, out = 0, cfg.patience, []
     for e in range(1, cfg.epochs + 1):
         wait = 0 if e == 1 else wait + 1                         # the first epoch always improves on nothing
-        if wait >= patience and e < cfg.epochs and not in_decay_phase(e, cfg.epochs, cfg.decay_frac):   # the trainer's `can_refresh`
-            out.append(e); wait, patience = 0, patience + cfg.patience_growth
+        # the trainer's `can_refresh`
+        if wait >= patience and e < cfg.epochs and not in_decay_phase(e, cfg.epochs, cfg.decay_frac):
+            out.append(e)
+            wait, patience = 0, patience + cfg.patience_growth
     return out
 
 # %% ../nbs/10_cli.ipynb #6dcd2710
 def plan_counts(cfg:DPConfig, world:int=1)->dict:
-    "Images to generate (initial, the most refreshes add, guided), refreshes, optimizer steps of `cfg` on `world` processes."
+    "Images (initial, the most refreshes add, guided), refreshes and steps of `cfg` on `world` processes."
     n, added, epochs = cfg.pool_size, [], refresh_schedule(cfg)
     for _ in epochs:
-        k = math.floor(cfg.prune_frac * n + 0.5); added.append(k)
+        k = math.floor(cfg.prune_frac * n + 0.5)
+        added.append(k)
         if cfg.grow: n += k
     spe = steps_per_epoch(cfg)
-    return dict(initial_images=cfg.pool_size, max_refreshes=len(added), max_refresh_images=sum(added), max_images=cfg.pool_size + sum(added),
-                max_guided_images=sum(added) if cfg.omega > 0 and cfg.selection == 'easiest' else 0, refresh_epochs=epochs,
+    return dict(initial_images=cfg.pool_size, max_refreshes=len(added), max_refresh_images=sum(added),
+                max_images=cfg.pool_size + sum(added),
+                max_guided_images=sum(added) if cfg.omega > 0 and cfg.selection == 'easiest' else 0,
+                refresh_epochs=epochs,
                 steps_per_epoch=spe, optimizer_steps=spe * cfg.epochs,
-                **dict(zip(('batch_per_process', 'images_per_pass', 'accumulation_steps'), process_batches(cfg, world))))
+                **dict(zip(('batch_per_process', 'images_per_pass', 'accumulation_steps'),
+                           process_batches(cfg, world))))
 
 # %% ../nbs/10_cli.ipynb #f9350cbe
 GIB, MIB = 2 ** 30, 2 ** 20
-# benchmarks/full_size.py, part `memory` (benchmarks/full_size_cpu.json): the guidance view of one image (SD VAE decoder -> resize -> ViT-B/16 at 224, kept for the
-# backward pass), fp16, as (MiB per latent pixel, MiB for the rest); and the UNet's CFG pass per image, MiB per latent pixel: without gradients,
-# and with them (the guidance through the denoiser, `guidance_form='fgds'`: `sampler_mib_per_image`, fp16, at 64 latent px)
+# benchmarks/full_size.py, part `memory` (benchmarks/full_size_cpu.json): the guidance view of one image (SD
+# VAE decoder -> resize -> ViT-B/16 at 224, kept for the
+# backward pass), fp16, as (MiB per latent pixel, MiB for the rest); and the UNet's CFG pass per image, MiB
+# per latent pixel: without gradients,
+# and with them (the guidance through the denoiser, `guidance_form='fgds'`: `sampler_mib_per_image`, fp16,
+# at 64 latent px)
 GUIDANCE_VIEW_MIB = {'vae': (0.6951, 114.4), 'vae, checkpointed': (0.3290, 46.3), 'taesd': (0.0679, 114.4)}
 UNET_MIB_PER_LATENT_PX = 130.3 / 64 ** 2
 UNET_GRAD_MIB_PER_LATENT_PX = 1527.9 / 64 ** 2
-DECODE_MIB_PER_LATENT_PX = 384.06 / 64 ** 2       # the final VAE decode without gradients, per image (`sampler_mib_per_image`, fp16)
-# benchmarks/full_size.py, part `genmem`: a generation batch runs the UNet, the guidance backward and the final decode `guidance_batch_size`
-# images at a time, so its peak is the largest of those phases for one chunk, plus what every image keeps across the steps: 5 fp32 latents
+# the final VAE decode without gradients, per image (`sampler_mib_per_image`, fp16)
+DECODE_MIB_PER_LATENT_PX = 384.06 / 64 ** 2
+# benchmarks/full_size.py, part `genmem`: a generation batch runs the UNet, the guidance backward and the
+# final decode `guidance_batch_size`
+# images at a time, so its peak is the largest of those phases for one chunk, plus what every image keeps
+# across the steps: 5 fp32 latents
 GEN_STATE_LATENTS = 5
-# benchmarks/full_size.py, part `train`: activations of a training step per image, fp32, at the model's 224 px (scaled with the image area at other sizes);
-# other classifiers are counted on the meta device by `activation_bytes`, an upper bound (attention materialised, a tensor saved by two ops counted twice)
+# benchmarks/full_size.py, part `train`: activations of a training step per image, fp32, at the model's 224
+# px (scaled with the image area at other sizes);
+# other classifiers are counted on the meta device by `activation_bytes`, an upper bound (attention
+# materialised, a tensor saved by two ops counted twice)
 TRAIN_MIB_PER_IMAGE = {'vit_base_patch16_224': 113.3}
 
 # %% ../nbs/10_cli.ipynb #b8b435d4
 def activation_bytes(model, x)->int:
-    "Bytes autograd keeps for the backward pass of `model(x)` (weights excluded): run it on the meta device to count without computing."
+    "Bytes autograd keeps for the backward pass of `model(x)` (weights excluded), counted on the meta device."
     import torch
     total = [0]
     def pack(t):
-        if not (t.requires_grad and t.grad_fn is None): total[0] += t.numel() * t.element_size()   # a leaf that needs grad is a weight
+        # a leaf that needs grad is a weight
+        if not (t.requires_grad and t.grad_fn is None): total[0] += t.numel() * t.element_size()
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): model(x).sum()
     return total[0]
 
 # %% ../nbs/10_cli.ipynb #9f11639e
 def meta_classifier(cfg:DPConfig, n_classes:int=None)->tuple:
-    "(the run's classifier built on the meta device: shapes, no weights; its input channels; its input side); `n_classes` defaults to the dataset's."
+    "(the run's classifier on the meta device, its input channels and side); `n_classes`: the dataset's."
     import torch
     from deliberate_practice.models import create_classifier
     from deliberate_practice.data import dataset_entry
     e = dataset_entry(cfg.dataset)
     chans, side = e.channels, cfg.image_size or e.image_size
     with torch.device('meta'):
-        return create_classifier(cfg.model, n_classes or len(e.classes(cfg)[0]), in_chans=chans, img_size=side), chans, side
+        return create_classifier(cfg.model, n_classes or len(e.classes(cfg)[0]), in_chans=chans,
+                                 img_size=side), chans, side
 
 # %% ../nbs/10_cli.ipynb #9ebc1be4
 def estimate_memory(cfg:DPConfig, n_classes:int, sd_configs:dict=None, world:int=1)->dict:
-    "Estimated peak memory per process (GiB) of training and of a guided generation batch, and its parts; SD's from `sd_configs` (None: the digits UNet)."
+    "Estimated peak memory per process (GiB) of training and of a guided generation batch, and its parts."
     import torch
     from deliberate_practice.generators import DIGITS_UNET_CONFIG
     from diffusers import UNet2DModel, UNet2DConditionModel, AutoencoderKL
@@ -322,58 +409,82 @@ def estimate_memory(cfg:DPConfig, n_classes:int, sd_configs:dict=None, world:int
         clf, chans, side = meta_classifier(cfg, n_classes)
         act = (TRAIN_MIB_PER_IMAGE[cfg.model] * MIB * (side / 224) ** 2 if cfg.model in TRAIN_MIB_PER_IMAGE
                else activation_bytes(clf.train(), torch.zeros(1, chans, side, side)))
-        if sd_configs is None: gen_params, latent_px, sd_bytes = sum(p.numel() for p in UNet2DModel(**DIGITS_UNET_CONFIG).parameters()), 64, 4
+        if sd_configs is None:
+            gen_params, latent_px, sd_bytes = sum(p.numel()
+                    for p in UNet2DModel(**DIGITS_UNET_CONFIG).parameters()), 64, 4
         else:
-            parts = (UNet2DConditionModel.from_config(sd_configs['unet']), AutoencoderKL.from_config(sd_configs['vae']), CLIPTextModel(CLIPTextConfig(**sd_configs['text_encoder'])))
-            gen_params, latent_px = sum(p.numel() for m in parts for p in m.parameters()), sd_configs['unet'].get('sample_size', 64) ** 2
-            sd_bytes = 2 if device_type(cfg.device) == 'cuda' else 4                               # SD runs in fp16 on GPUs
-    clf_state = sum(p.numel() for p in clf.parameters()) * (16 + (4 if cfg.ema_decay else 0))   # fp32 weights, grads, 2 AdamW moments (+ EMA)
+            parts = (UNet2DConditionModel.from_config(sd_configs['unet']),
+                    AutoencoderKL.from_config(sd_configs['vae']),
+                    CLIPTextModel(CLIPTextConfig(**sd_configs['text_encoder'])))
+            gen_params, latent_px = sum(p.numel() for m in parts
+                    for p in m.parameters()), sd_configs['unet'].get('sample_size', 64) ** 2
+            # SD runs in fp16 on GPUs
+            sd_bytes = 2 if device_type(cfg.device) == 'cuda' else 4
+    # fp32 weights, grads, 2 AdamW moments (+ EMA)
+    clf_state = sum(p.numel() for p in clf.parameters()) * (16 + (4 if cfg.ema_decay else 0))
     amp = 0.5 if cfg.mixed_precision != 'no' else 1.0
-    train_act = act * amp * process_batches(cfg, world)[1]                       # one pass of device_batch_size images
+    # one pass of device_batch_size images
+    train_act = act * amp * process_batches(cfg, world)[1]
     gen_batch = cfg.gen_batch_size or min(cfg.pool_size, 2048)
-    per_view = 0 if sd_configs is None else (lambda a, b: (a * latent_px + b) * MIB * sd_bytes / 2)(*GUIDANCE_VIEW_MIB[
+    per_view = 0 if sd_configs is None else (lambda a, b: (a * latent_px
+                                                           + b) * MIB * sd_bytes / 2)(*GUIDANCE_VIEW_MIB[
         'taesd' if cfg.guidance_decoder else 'vae, checkpointed' if cfg.gradient_checkpointing else 'vae'])
-    chunk = min(gen_batch, cfg.guidance_batch_size or gen_batch)                # images per pass through UNet, guidance backward and decode
+    # images per pass through UNet, guidance backward and decode
+    chunk = min(gen_batch, cfg.guidance_batch_size or gen_batch)
     per_px = lambda mib: 0 if sd_configs is None else mib * latent_px * MIB * sd_bytes / 2 * chunk
     unet_act, decode_act = per_px(UNET_MIB_PER_LATENT_PX), per_px(DECODE_MIB_PER_LATENT_PX)
     guided = cfg.omega > 0 and cfg.selection == 'easiest'
     view = per_view * chunk if guided else 0
-    through = per_px(UNET_GRAD_MIB_PER_LATENT_PX) if guided and cfg.guidance_form == 'fgds' else 0   # the UNet's graph, a chunk at a time
-    state = 0 if sd_configs is None else gen_batch * GEN_STATE_LATENTS * sd_configs['unet'].get('in_channels', 4) * latent_px * 4
+    # the UNet's graph, a chunk at a time
+    through = per_px(UNET_GRAD_MIB_PER_LATENT_PX) if guided and cfg.guidance_form == 'fgds' else 0
+    state = 0 if sd_configs is None else gen_batch * GEN_STATE_LATENTS * sd_configs['unet'].get(
+        'in_channels', 4) * latent_px * 4
     weights = gen_params * sd_bytes + clf_state
     g = lambda b: round(b / GIB, 2)
-    return dict(training_gib=g(weights + train_act), generation_gib=g(weights + max(unet_act, view + through, decode_act) + state),
-                weights_gib=g(weights), train_activations_gib=g(train_act), unet_activations_gib=g(unet_act), decode_activations_gib=g(decode_act),
+    return dict(training_gib=g(weights + train_act),
+                generation_gib=g(weights + max(unet_act, view + through, decode_act) + state),
+                weights_gib=g(weights), train_activations_gib=g(train_act), unet_activations_gib=g(unet_act),
+                decode_activations_gib=g(decode_act),
                 guidance_view_gib=g(view), unet_graph_gib=g(through), latent_state_gib=g(state),
                 classifier_params=sum(p.numel() for p in clf.parameters()),
                 generator_params=gen_params)
 
 # %% ../nbs/10_cli.ipynb #b73acdf4
 def timed_steps(cfg:DPConfig, parts:dict, classifier, steps:int=2)->dict:
-    "Seconds of a few real generation and training steps on this machine, and the wall time of an initial pool, a refresh and an epoch derived from them."
+    "Seconds of a few real generation and training steps here, and the wall time of pool, refresh and epoch."
     import torch
     import torch.nn.functional as F
     from deliberate_practice.trainer import EVAL_BATCH_SIZE
     gen, n = parts['generator'], min(cfg.gen_batch_size or 4, 4)
     labels = torch.arange(n) % gen.n_classes
     def t(**kw):
-        t0 = time.perf_counter(); gen.sample(labels, n_steps=steps, seed=0, classifier=classifier, **kw); return (time.perf_counter() - t0) / (n * steps)
+        t0 = time.perf_counter()
+        gen.sample(labels, n_steps=steps, seed=0, classifier=classifier, **kw)
+        return (time.perf_counter() - t0) / (n * steps)
     t(omega=0.0)                                                                           # warm-up
-    plain, guided = t(omega=0.0, cfg_scale=cfg.cfg_scale_init), t(omega=max(cfg.omega, 1e-3), cfg_scale=cfg.cfg_scale, guidance_batch_size=cfg.guidance_batch_size)
+    plain, guided = t(omega=0.0, cfg_scale=cfg.cfg_scale_init), t(omega=max(cfg.omega, 1e-3),
+            cfg_scale=cfg.cfg_scale, guidance_batch_size=cfg.guidance_batch_size)
     opt, b = torch.optim.AdamW(classifier.parameters(), lr=cfg.lr), max(1, min(cfg.batch_size, 16))
-    x, y = torch.rand(b, *gen.image_shape, device=gen.device), torch.arange(b, device=gen.device) % gen.n_classes
+    x, y = torch.rand(b, *gen.image_shape, device=gen.device), torch.arange(
+        b, device=gen.device) % gen.n_classes
     t0 = time.perf_counter()
-    for _ in range(steps): opt.zero_grad(); F.cross_entropy(classifier(x), y).backward(); opt.step()
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(classifier(x), y).backward()
+        opt.step()
     per_image_train = (time.perf_counter() - t0) / (steps * b)
     c, guided_steps = plan_counts(cfg), math.ceil(cfg.n_steps / cfg.guide_every)
-    image_refresh = cfg.n_steps * plain + guided_steps * (guided - plain) if cfg.omega > 0 else cfg.n_steps * plain
+    image_refresh = cfg.n_steps * plain + guided_steps * (
+        guided - plain) if cfg.omega > 0 else cfg.n_steps * plain
     k = c['max_refresh_images'] / max(c['max_refreshes'], 1)
-    return dict(s_per_image_step_plain=plain, s_per_image_step_guided=guided, s_per_train_image=per_image_train,
-                initial_pool_s=cfg.pool_size * cfg.n_steps * plain, refresh_s=k * image_refresh, epoch_train_s=c['steps_per_epoch'] * cfg.batch_size * per_image_train)
+    return dict(s_per_image_step_plain=plain, s_per_image_step_guided=guided,
+                s_per_train_image=per_image_train,
+                initial_pool_s=cfg.pool_size * cfg.n_steps * plain, refresh_s=k * image_refresh,
+                epoch_train_s=c['steps_per_epoch'] * cfg.batch_size * per_image_train)
 
 # %% ../nbs/10_cli.ipynb #38392352
 def disk_needed_gib(cfg:DPConfig, classifier_params:int)->float:
-    "Disk a run needs at most (GiB): two generations of an on-disk pool's uint8 shards (Stable Diffusion datasets; digits pools live in memory) and the checkpoint."
+    "Disk a run needs at most (GiB): two generations of an on-disk pool's uint8 shards and the checkpoint."
     from deliberate_practice.data import dataset_entry
     e = dataset_entry(cfg.dataset)
     pool = 0 if e.in_memory else 2 * cfg.pool_size * e.channels * (cfg.image_size or e.image_size) ** 2
@@ -391,15 +502,21 @@ def check_disk(cfg:DPConfig, out, classifier_params:int)->list:
     d = Path(out).resolve()
     while not d.exists(): d = d.parent
     need, free = disk_needed_gib(cfg, classifier_params), shutil.disk_usage(d).free / GIB
-    return [f"out {out}: the run needs about {need} GiB of disk (pool shards and checkpoints), {free:.1f} GiB are free there: free some space or choose another --out"] if need > free else []
+    return [f"out {out}: the run needs about {need} GiB of disk (pool shards and checkpoints), {free:.1f} "
+            "GiB are free there: free some space or choose another --out"] if need > free else []
 
 # %% ../nbs/10_cli.ipynb #5abf13f9
-# benchmarks/full_size.py, part `flops` (benchmarks/full_size_cpu.json, commit e41be97, key flops.per_step_512): TFLOP per
-# image of one DDIM step of SD-1.5 at 512 px, per guidance view: a plain CFG step, a guided step with eps detached ('eps'),
+# benchmarks/full_size.py, part `flops` (benchmarks/full_size_cpu.json, commit e41be97, key
+# flops.per_step_512): TFLOP per
+# image of one DDIM step of SD-1.5 at 512 px, per guidance view: a plain CFG step, a guided step with eps
+# detached ('eps'),
 # a guided step through the UNet ('fgds'); and the final VAE decode of a sample
-SD15_TFLOP_PER_STEP = {'vae': dict(plain=1.6065, guided=6.7595, through=8.7382),                # 'SD VAE view'
-                       'vae, checkpointed': dict(plain=1.6065, guided=8.4797, through=10.4583),  # '..., checkpointed'
-                       'taesd': dict(plain=1.6065, guided=1.9616, through=3.9403)}               # 'TAESD view'
+# 'SD VAE view'
+SD15_TFLOP_PER_STEP = {'vae': dict(plain=1.6065, guided=6.7595, through=8.7382),
+                       # '..., checkpointed'
+                       'vae, checkpointed': dict(plain=1.6065, guided=8.4797, through=10.4583),
+                       # 'TAESD view'
+                       'taesd': dict(plain=1.6065, guided=1.9616, through=3.9403)}
 SD15_DECODE_TFLOP, SD15_LATENT_PX = 2.5145, 64 ** 2
 # dense bf16 tensor-core peak, TFLOP/s, without sparsity: NVIDIA's A100 and H100 (SXM) data sheets
 GPU_PEAK_TFLOPS = {'A100-SXM4-80GB': 312.0, 'H100-SXM': 989.0}
@@ -407,15 +524,15 @@ ASSUMED_MFU = 0.4       # model FLOP utilisation assumed for sampling: not measu
 
 # %% ../nbs/10_cli.ipynb #c2d46916
 def guidance_view(cfg:DPConfig)->str:
-    "The guidance view of `cfg`'s sampling: 'taesd', 'vae, checkpointed' or 'vae' (the keys of the tables above)."
+    "The guidance view of `cfg`'s sampling: 'taesd', 'vae, checkpointed' or 'vae' (the tables' keys)."
     return 'taesd' if cfg.guidance_decoder else 'vae, checkpointed' if cfg.gradient_checkpointing else 'vae'
 
 # %% ../nbs/10_cli.ipynb #f4dbff9d
-def image_tflop(cfg:DPConfig,                    # the run: n_steps, guide_every, guidance_form, the guidance view
+def image_tflop(cfg:DPConfig,                    # the run: n_steps, guide_every, guidance_form, guidance view
                 guided:bool,                     # an entropy-guided image (a refresh's) or a plain one
                 latent_px:int=SD15_LATENT_PX,    # latent pixels of the UNet (SD-1.5 at 512 px: 64 x 64)
                )->float:                         # TFLOP of one Stable Diffusion image
-    "TFLOP of one image: `n_steps` CFG steps, the guided ones (every `guide_every`-th) adding their extra, the decode."
+    "TFLOP of an image: `n_steps` CFG steps, every `guide_every`-th guided (extra), and the decode."
     f = SD15_TFLOP_PER_STEP[guidance_view(cfg)]
     n_guided = len(range(0, cfg.n_steps, cfg.guide_every)) if guided else 0
     extra = f['through' if cfg.guidance_form == 'fgds' else 'guided'] - f['plain']
@@ -425,132 +542,192 @@ def image_tflop(cfg:DPConfig,                    # the run: n_steps, guide_every
 def generation_cost(cfg:DPConfig,                 # the run
                     counts:dict,                  # its `plan_counts`
                     latent_px:int=SD15_LATENT_PX, # latent pixels of its UNet
-                   )->dict:                       # TFLOP per image and in all; GPU-hours on each of `GPU_PEAK_TFLOPS`
-    "Estimated cost of a run's images: the initial pool (plain), and the most a run generates (refreshes guided or plain)."
+                   )->dict:                       # TFLOP per image and in all; GPU-hours per `GPU_PEAK_TFLOPS` GPU
+    "Estimated cost of a run's images: the initial pool (plain), and the most its refreshes generate."
     plain, guided = image_tflop(cfg, False, latent_px), image_tflop(cfg, True, latent_px)
     initial = counts['initial_images'] * plain
     most = (counts['max_images'] - counts['max_guided_images']) * plain + counts['max_guided_images'] * guided
-    hours = lambda tflop, peak: float(f'{tflop / (peak * ASSUMED_MFU) / 3600:.3g}')     # three significant digits
-    return dict(tflop_per_image=dict(plain=round(plain, 2), guided=round(guided, 2)), initial_pool_tflop=round(initial),
+    # three significant digits
+    hours = lambda tflop, peak: float(f'{tflop / (peak * ASSUMED_MFU) / 3600:.3g}')
+    return dict(tflop_per_image=dict(plain=round(plain, 2), guided=round(guided, 2)),
+                initial_pool_tflop=round(initial),
                 max_images_tflop=round(most), assumed_mfu=ASSUMED_MFU, view=guidance_view(cfg),
                 source='SD-1.5 FLOPs per step, benchmarks/full_size_cpu.json (commit e41be97)',
                 gpu_hours={g: dict(peak_tflops=p, initial_pool=hours(initial, p), max_images=hours(most, p))
                            for g, p in GPU_PEAK_TFLOPS.items()})
 
 # %% ../nbs/10_cli.ipynb #a752ee45
-def dry_run(cfg:DPConfig, out, resume:bool=False, timed:bool=False, memory_limit_gb:float=None, report_to=None)->tuple:
-    "(plan, problems) of the run `cfg` into `out`: data, Stable Diffusion folder, run folder, devices, trackers, then images, steps, memory (and time with `timed`)."
+def dry_run(cfg:DPConfig, out, resume:bool=False, timed:bool=False, memory_limit_gb:float=None,
+            report_to=None)->tuple:
+    "(plan, problems) of the run `cfg` into `out`: inputs, folder, devices, then images, steps, memory, time."
     import torch
     from accelerate import PartialState
     from deliberate_practice.data import dataset_entry
     from deliberate_practice.generators import check_sd_folder, SD_CONFIGS
     from deliberate_practice.generators import build_parts
-    from deliberate_practice.store import CHECKPOINT, RUN_ARTEFACTS, report_to_trackers
+    from deliberate_practice.runfolder import CHECKPOINT, RUN_ARTEFACTS, report_to_trackers
     problems, out = [], Path(out)
-    if out.exists() and not out.is_dir(): problems.append(f"out {out} is a file, not a folder: choose another --out")
-    elif not resume and out.is_dir() and any((out / a).exists() for a in RUN_ARTEFACTS): problems.append(f"out {out} already holds a run: pass --resume or choose another --out")
+    if out.exists() and not out.is_dir():
+        problems.append(f"out {out} is a file, not a folder: choose another --out")
+    elif not resume and out.is_dir() and any((out / a).exists() for a in RUN_ARTEFACTS):
+        problems.append(f"out {out} already holds a run: pass --resume or choose another --out")
     state = PartialState(cpu=device_type(cfg.device) == 'cpu')
     dev = dict(device=cfg.device, processes=state.num_processes, cuda_available=torch.cuda.is_available())
     if device_type(cfg.device) == 'cuda':
-        if not torch.cuda.is_available(): problems.append(f"device is {cfg.device!r} but torch sees no CUDA GPU here: pass --device cpu, or run where a GPU is visible")
-        else: dev.update(gpu=torch.cuda.get_device_name(state.device), gpu_memory_gib=round(torch.cuda.get_device_properties(state.device).total_memory / GIB, 1))
+        if not torch.cuda.is_available():
+            problems.append(
+                f"device is {cfg.device!r} but torch sees no CUDA GPU here: pass --device cpu, or run where "
+                "a GPU is visible")
+        else:
+            dev.update(gpu=torch.cuda.get_device_name(state.device), gpu_memory_gib=round(
+                torch.cuda.get_device_properties(state.device).total_memory / GIB, 1))
     try: trackers = report_to_trackers(report_to)
-    except ValueError as e: trackers = None; problems.append(str(e))
+    except ValueError as e:
+        trackers = None
+        problems.append(str(e))
     entry, sd_configs = dataset_entry(cfg.dataset), None
-    counts, p = entry.check(cfg); problems += p
-    if not p and cfg.real_train is not None:                          # real training images must not be in val, test or an extra test set
+    counts, p = entry.check(cfg)
+    problems += p
+    # real training images must not be in val, test or an extra test set
+    if not p and cfg.real_train is not None:
         from deliberate_practice.data import real_train_overlap
         try: problems += real_train_overlap(cfg)
         except (OSError, ValueError) as e: problems.append(str(e))
-    try: names, prompts = entry.classes(cfg); n_classes = len(names)
+    try:
+        names, prompts = entry.classes(cfg)
+        n_classes = len(names)
     except (OSError, ValueError): names = prompts = n_classes = None          # the check has said why
     data = dict(images=counts, n_classes=n_classes) if counts else {}
     if n_classes and (p := pool_size_problem(cfg, n_classes)): problems.append(p)
     if entry.generator == 'stable-diffusion':
-        sd_configs, p = check_sd_folder(cfg.sd_path, cfg.variant); problems += p
+        sd_configs, p = check_sd_folder(cfg.sd_path, cfg.variant)
+        problems += p
         if cfg.guidance_decoder and not (Path(cfg.guidance_decoder).expanduser() / 'config.json').exists():
-            problems.append(f"guidance_decoder {cfg.guidance_decoder!r} holds no config.json: pass a local AutoencoderTiny folder (e.g. TAESD's)")
-    plan = dict(config=cfg.to_dict(), devices=dev, trackers=trackers, data=data, **plan_counts(cfg, state.num_processes))
+            problems.append(
+                f"guidance_decoder {cfg.guidance_decoder!r} holds no config.json: pass a local "
+                "AutoencoderTiny folder (e.g. TAESD's)")
+    plan = dict(config=cfg.to_dict(), devices=dev, trackers=trackers, data=data,
+                **plan_counts(cfg, state.num_processes))
     if n_classes and (sd_configs is None or len(sd_configs) == len(SD_CONFIGS)):
         plan['memory'] = m = estimate_memory(cfg, n_classes, sd_configs, state.num_processes)
-        plan['disk_gib'] = disk_needed_gib(cfg, m['classifier_params']); problems += check_disk(cfg, out, m['classifier_params'])
+        plan['disk_gib'] = disk_needed_gib(cfg, m['classifier_params'])
+        problems += check_disk(cfg, out, m['classifier_params'])
         limit = memory_limit_gb or dev.get('gpu_memory_gib')
         if limit and m['generation_gib'] > limit:
-            problems.append(f"a guided generation batch needs about {m['generation_gib']} GiB per process, more than the {limit} GiB available: lower guidance_batch_size "
-                            f"(now {cfg.guidance_batch_size}) or gen_batch_size (now {cfg.gen_batch_size}), or turn on --gradient-checkpointing")
+            problems.append(
+                f"a guided generation batch needs about {m['generation_gib']} GiB per process, more than "
+                f"the {limit} GiB available: lower guidance_batch_size "
+                            f"(now {cfg.guidance_batch_size}) or gen_batch_size (now {cfg.gen_batch_size}), "
+                            "or turn on --gradient-checkpointing")
         if limit and m['training_gib'] > limit:
-            problems.append(f"training needs about {m['training_gib']} GiB per process, more than the {limit} GiB available: lower device_batch_size "
-                            f"(now {plan['images_per_pass']} per pass; gradient accumulation keeps the global batch_size {cfg.batch_size})")
+            problems.append(
+                f"training needs about {m['training_gib']} GiB per process, more than the {limit} GiB "
+                "available: lower device_batch_size "
+                            f"(now {plan['images_per_pass']} per pass; gradient accumulation keeps the "
+                            f"global batch_size {cfg.batch_size})")
     if entry.generator == 'stable-diffusion':
         side = (sd_configs or {}).get('unet', {}).get('sample_size', 64)
         plan['generation_cost'] = generation_cost(cfg, plan, side ** 2)
-    if prompts is not None: plan['prompts'] = dict(zip(entry.class_folders(cfg, names), prompts))   # {folder: prompt(s)}
+    # {folder: prompt(s)}
+    if prompts is not None: plan['prompts'] = dict(zip(entry.class_folders(cfg, names), prompts))
     if timed and not problems:
         from deliberate_practice.models import create_classifier
         parts = dict(zip(('generator', 'data'), build_parts(cfg)))
         g = parts['generator']
-        clf = create_classifier(cfg.model, g.n_classes, in_chans=g.image_shape[0], img_size=g.image_shape[-1]).to(g.device)
+        clf = create_classifier(cfg.model, g.n_classes, in_chans=g.image_shape[0],
+                                img_size=g.image_shape[-1]).to(g.device)
         plan['seconds'] = {k: round(v, 4) for k, v in timed_steps(cfg, parts, clf).items()}
     return plan, problems
 
 # %% ../nbs/10_cli.ipynb #e41452a3
 def _report_dry_run(plan:dict, problems:list):
-    "Print the plan's summary; then its JSON on the last line and exit 0, or the problems on stderr, one line each, and exit 1."
+    "Print the plan's summary and its JSON, exit 0; or the problems on stderr, one line each, exit 1."
     for p in problems: print(f"dp-train: dry run: {p}", file=sys.stderr)
-    m, c = plan.get('memory', {}), plan['config']                       # the plan, as far as it could be made, in any case
-    print(f"dp-train: dry run: {c['dataset']}, {plan['devices']['processes']} process(es) on {c['device']}: {plan['initial_images']:,} images in the initial pool, "
-          f"at most {plan['max_images']:,} generated ({plan['max_guided_images']:,} guided) over {plan['max_refreshes']} refreshes; {plan['optimizer_steps']:,} optimizer steps "
-          f"of {c['batch_size']:,} images ({plan['devices']['processes']} x {plan['accumulation_steps']} passes of {plan['images_per_pass']:,})")
-    if m: print(f"dp-train: dry run: peak memory per process about {m['generation_gib']} GiB generating, {m['training_gib']} GiB training")
+    # the plan, as far as it could be made, in any case
+    m, c = plan.get('memory', {}), plan['config']
+    print(f"dp-train: dry run: {c['dataset']}, {plan['devices']['processes']} process(es) on {c['device']}: "
+          f"{plan['initial_images']:,} images in the initial pool, "
+          f"at most {plan['max_images']:,} generated ({plan['max_guided_images']:,} guided) over "
+          f"{plan['max_refreshes']} refreshes; {plan['optimizer_steps']:,} optimizer steps "
+          f"of {c['batch_size']:,} images ({plan['devices']['processes']} x {plan['accumulation_steps']} "
+          f"passes of {plan['images_per_pass']:,})")
+    if m:
+        print(f"dp-train: dry run: peak memory per process about {m['generation_gib']} GiB generating, "
+              f"{m['training_gib']} GiB training")
     if 'generation_cost' in plan:
         g, mfu = plan['generation_cost']['gpu_hours'], plan['generation_cost']['assumed_mfu']
         hrs = lambda h: f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
         print("dp-train: dry run: generation GPU-hours (initial pool / at most): "
-              + ', '.join(f"{hrs(h['initial_pool'])} / {hrs(h['max_images'])} on an {n} ({h['peak_tflops']:g} TFLOP/s bf16 dense)"
+              + ', '.join(
+                  f"{hrs(h['initial_pool'])} / {hrs(h['max_images'])} on an {n} ({h['peak_tflops']:g} "
+                  "TFLOP/s bf16 dense)"
                           for n, h in g.items())
               + f", assuming {mfu:.0%} MFU (SD-1.5 FLOPs measured by benchmarks/full_size.py)")
-    if 'seconds' in plan: print(f"dp-train: dry run: initial pool {_duration(plan['seconds']['initial_pool_s'])}, a refresh {_duration(plan['seconds']['refresh_s'])}, "
-                                f"an epoch's training {_duration(plan['seconds']['epoch_train_s'])} on this machine")
+    if 'seconds' in plan:
+        print(f"dp-train: dry run: initial pool {_duration(plan['seconds']['initial_pool_s'])}, a refresh "
+              f"{_duration(plan['seconds']['refresh_s'])}, "
+                                f"an epoch's training {_duration(plan['seconds']['epoch_train_s'])} "
+                                "on this machine")
     if not problems: print(json.dumps(plan))
     sys.exit(1 if problems else 0)
 
 # %% ../nbs/10_cli.ipynb #5bfe3a37
 def build_reproduce_parser()->argparse.ArgumentParser:
-    "The `dp-reproduce` parser: the Table 1 reproduction's flags, each in both spellings, and the flags it shares with `dp-train`."
-    p = _OneLineParser(prog='dp-reproduce', description="Reproduce Table 1 and Fig. 2 (left) of the paper, every row for every seed, resumable, with paired confidence intervals.",
-                       epilog=presets_help().replace('presets', 'scales (--scale / --preset)', 1), formatter_class=argparse.RawDescriptionHelpFormatter)
+    "The `dp-reproduce` parser: its flags, in both spellings, and those it shares with `dp-train`."
+    p = _OneLineParser(
+        prog='dp-reproduce', description="Reproduce Table 1 and Fig. 2 (left) of the paper, every row for "
+                                         "every seed, resumable, with paired confidence intervals.",
+                       epilog=presets_help().replace('presets', 'scales (--scale / --preset)', 1),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     a = lambda name, **kw: p.add_argument(*flag_names(name), dest=name, **kw)
-    a('scale', default='digits', help='digits, digits-k10 (a generator trained on 10 real images per class), imagenet100, imagenet1k, or folder (your own classes under --data-root) (default: digits)')
+    a('scale', default='digits',
+      help='digits, digits-k10 (a generator trained on 10 real images per class), imagenet100, imagenet1k, '
+           'or folder (your own classes under --data-root) (default: digits)')
     p.add_argument('--preset', dest='scale', help='another name for --scale, as in dp-train')
     a('seeds', nargs='+', help='seeds, one run per row and seed (default: 1-9; with --quick: the first)')
-    a('rows', nargs='+', help='rows of Table 1 (default: all eight, and real-wsd where the generator records its real images)')
-    a('out', default='dp_reproduce', help='folder: results.json, results.md, scaling.png, runs/ROW-sSEED/ (default: dp_reproduce)')
+    a('rows', nargs='+', help='rows of Table 1 (default: all eight, and real-wsd where the generator records '
+                              'its real images)')
+    a('out', default='dp_reproduce',
+      help='folder: results.json, results.md, scaling.png, runs/ROW-sSEED/ (default: dp_reproduce)')
     a('quick', action='store_true', help="one seed, fewer epochs (the scale's QUICK settings)")
     a('plot', action='store_true', help='only redraw results.md and scaling.png from OUT/results.json')
-    a('coverage', action='store_true', help='the generator-coverage sweep (digits): generators trained on k = 3, 10, 30, 90 real images per class')
+    a('coverage', action='store_true',
+      help='the generator-coverage sweep (digits): generators trained on k = 3, 10, 30, 90 real '
+           'images per class')
     a('data_root', help='ImageNet root with train/ and val/ (imagenet scales)')
     a('sd_path', help='Stable Diffusion weights folder (imagenet scales)')
     a('model', help="timm classifier instead of the scale's")
     a('device', help='torch device, e.g. cuda')
-    a('config', metavar='FILE', help="JSON or YAML file of DPConfig fields for every row (a run's final.json works)")
-    a('initial_pool', metavar='DIR', help='a pool folder (dp-generate) every row and seed starts from, instead of one initial pool generated per seed')
-    a('overrides', nargs='+', metavar='FIELD=VALUE', help='more DPConfig fields for every row (over --config)')
-    a('workers', type=int, metavar='N', help='processes running the runs (default: one per core at digits scale, else 1)')
-    a('threads', type=int, metavar='N', help="torch CPU threads per process (default: 1 at digits scale, torch's elsewhere)")
+    a('config', metavar='FILE',
+      help="JSON or YAML file of DPConfig fields for every row (a run's final.json works)")
+    a('initial_pool', metavar='DIR',
+      help='a pool folder (dp-generate) every row and seed starts from, instead of one initial pool '
+           'generated per seed')
+    a('overrides', nargs='+', metavar='FIELD=VALUE',
+      help='more DPConfig fields for every row (over --config)')
+    a('workers', type=int, metavar='N',
+      help='processes running the runs (default: one per core at digits scale, else 1)')
+    a('threads', type=int, metavar='N',
+      help="torch CPU threads per process (default: 1 at digits scale, torch's elsewhere)")
     a('quiet', action='store_true', help='no progress output')
-    a('print_config', action='store_true', help='print the resolved configuration of every (row, seed) as a JSON list and exit (loads no model or data)')
-    a('dry_run', nargs='?', const='check', choices=('check', 'timed'), help="check the first row's data, weights and devices and print the whole reproduction's plan, then exit")
+    a('print_config', action='store_true',
+      help='print the resolved configuration of every (row, seed) as a JSON list and exit (loads '
+           'no model or data)')
+    a('dry_run', nargs='?', const='check', choices=('check', 'timed'),
+      help="check the first row's data, weights and devices and print the whole reproduction's "
+           "plan, then exit")
     return p
 
 # %% ../nbs/10_cli.ipynb #105c1ad5
-REPRODUCE_ARGS = ('scale', 'seeds', 'rows', 'out', 'quick', 'plot', 'coverage', 'data_root', 'sd_path', 'model', 'device', 'workers', 'threads', 'quiet', 'print_config')
+REPRODUCE_ARGS = ('scale', 'seeds', 'rows', 'out', 'quick', 'plot', 'coverage', 'data_root', 'sd_path',
+                  'model', 'device', 'workers', 'threads', 'quiet', 'print_config')
 
 # %% ../nbs/10_cli.ipynb #b41c07e3
 def _row_plans(names:list,   # each run's row name
                cfgs:list,    # each run's `DPConfig`
                totals:list,  # each run's `plan_counts`
                sd:bool,      # Stable Diffusion: add the GPU-hours
-              )->dict:       # {row: the first seed's most images (guided), and GPU-hours with Stable Diffusion}
+              )->dict:       # {row: the first seed's most images (guided), GPU-hours with Stable Diffusion}
     "Each row's bound on generated images and its cost, printed one line a row."
     rows = {}
     for name, c, t in zip(names, cfgs, totals):
@@ -558,29 +735,33 @@ def _row_plans(names:list,   # each run's row name
         r = rows[name] = dict(max_images=t['max_images'], max_guided_images=t['max_guided_images'])
         if sd: r['gpu_hours'] = {g: h['max_images'] for g, h in generation_cost(c, t)['gpu_hours'].items()}
         cost = ', '.join(f"{h:,.0f} GPU-h on an {g}" for g, h in r.get('gpu_hours', {}).items())
-        print(f"dp-reproduce: dry run: {name}: at most {r['max_images']:,} images ({r['max_guided_images']:,} guided){'; ' + cost if cost else ''}")
+        print(f"dp-reproduce: dry run: {name}: at most {r['max_images']:,} images "
+              f"({r['max_guided_images']:,} guided){'; ' + cost if cost else ''}")
     return rows
 
 
 # %% ../nbs/10_cli.ipynb #6f068451
 def shared_pools(cfgs:list)->dict:
-    "The initial pools a reproduction of `cfgs` generates (one per `pool_key`, none for a run with `initial_pool`), their images, and the images sharing saves."
+    "The initial pools a reproduction of `cfgs` makes (one per `pool_key`), their images, what sharing saves."
     own = [c for c in cfgs if c.initial_pool is None]
     keys = {pool_key(c): c.pool_size for c in own}
-    return dict(pools=len(keys), images=sum(keys.values()), images_saved=sum(c.pool_size for c in cfgs) - sum(keys.values()),
+    return dict(pools=len(keys), images=sum(keys.values()),
+                images_saved=sum(c.pool_size for c in cfgs) - sum(keys.values()),
                 from_initial_pool=len(cfgs) - len(own))
 
 
 # %% ../nbs/10_cli.ipynb #68b0ff56
 def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1:])
-    "Console script: `ablation.reproduce_command` from the command line; `--config` fields go under `--overrides`; one-line errors, exit status 2."
+    "Console script: `ablation.reproduce_command` from the command line; one-line errors, exit status 2."
     ns = build_reproduce_parser().parse_args(argv)
     try:
         over = {**(config_from_file(ns.config) if ns.config else {}), **parse_overrides(ns.overrides)}
         if ns.initial_pool is not None: over['initial_pool'] = str(ns.initial_pool)
         kw = dict({k: getattr(ns, k) for k in REPRODUCE_ARGS}, overrides=over)
-        if (ns.print_config or ns.dry_run) and not ns.plot:                   # the configurations alone need no torch
-            named = {k: getattr(ns, k) for k in ('data_root', 'sd_path', 'model', 'device') if getattr(ns, k) is not None}
+        # the configurations alone need no torch
+        if (ns.print_config or ns.dry_run) and not ns.plot:
+            named = {k: getattr(ns, k) for k in ('data_root', 'sd_path', 'model', 'device')
+                     if getattr(ns, k) is not None}
             cfgs = reproduce_configs(ns.scale, ns.seeds, ns.rows, ns.quick, ns.coverage, {**over, **named})
             if ns.print_config: return print(json.dumps(cfgs, indent=1))
         if not (ns.quiet or ns.dry_run or ns.plot):   # the first line at once: the imports below take seconds
@@ -588,16 +769,22 @@ def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1
         if not ns.dry_run or ns.plot:
             from deliberate_practice.ablation import reproduce_command
             return reproduce_command(**kw)
-        runs = [DPConfig(**{k: v for k, v in c.items() if k != 'row'}) for c in cfgs]       # each run's config, without its row name
+        # each run's config, without its row name
+        runs = [DPConfig(**{k: v for k, v in c.items() if k != 'row'}) for c in cfgs]
         plan, problems = dry_run(runs[0], Path(ns.out) / 'runs' / 'dry-run', timed=ns.dry_run == 'timed')
         totals = [plan_counts(c) for c in runs]
-        plan.update(runs=len(cfgs), **{f'all_{k}': sum(t[k] for t in totals) for k in ('max_images', 'max_guided_images', 'optimizer_steps')})
+        plan.update(runs=len(cfgs), **{f'all_{k}': sum(t[k] for t in totals)
+                                       for k in ('max_images', 'max_guided_images', 'optimizer_steps')})
         plan['initial_pools'] = shared = shared_pools(runs)
         plan['all_max_images'] -= shared['images_saved']
-        print(f"dp-reproduce: dry run: {len(cfgs)} runs, at most {plan['all_max_images']:,} images generated ({plan['all_max_guided_images']:,} guided), "
+        print(f"dp-reproduce: dry run: {len(cfgs)} runs, at most {plan['all_max_images']:,} images generated "
+              f"({plan['all_max_guided_images']:,} guided), "
               f"{plan['all_optimizer_steps']:,} optimizer steps in all")
-        print(f"dp-reproduce: dry run: initial pools: {shared['pools']} generated once each ({shared['images']:,} images) and shared by the rows of their seed, "
-              f"{shared['images_saved']:,} images fewer than one per run" + (f"; {shared['from_initial_pool']} runs start from --initial-pool" if shared['from_initial_pool'] else ''))
+        print(f"dp-reproduce: dry run: initial pools: {shared['pools']} generated once each "
+              f"({shared['images']:,} images) and shared by the rows of their seed, "
+              f"{shared['images_saved']:,} images fewer than one per run"
+              + (f"; {shared['from_initial_pool']} runs start from --initial-pool"
+                 if shared['from_initial_pool'] else ''))
         print("dp-reproduce: dry run: the first run's checks and plan:")
         plan['rows'] = _row_plans([c['row'] for c in cfgs], runs, totals, 'generation_cost' in plan)
         _report_dry_run(plan, problems)
@@ -605,28 +792,41 @@ def dp_reproduce(argv:list=None):  # command-line arguments (default: sys.argv[1
 
 # %% ../nbs/10_cli.ipynb #d66f266c
 def worker_slot(worker_id:int=None, num_workers:int=None, env:dict=None, state=None)->tuple:
-    "(this worker, workers): the flags; else a SLURM array's task (`SLURM_ARRAY_TASK_ID` - `SLURM_ARRAY_TASK_MIN`, `SLURM_ARRAY_TASK_COUNT`); else accelerate's process; else (0, 1)."
+    "(this worker, workers): the flags, else a SLURM array's task, else accelerate's process, else (0, 1)."
     env = os.environ if env is None else env
     slurm = 'SLURM_ARRAY_TASK_ID' in env and 'SLURM_ARRAY_TASK_COUNT' in env
-    if worker_id is None: worker_id = (int(env['SLURM_ARRAY_TASK_ID']) - int(env.get('SLURM_ARRAY_TASK_MIN', 0)) if slurm
+    if worker_id is None:
+        worker_id = (int(env['SLURM_ARRAY_TASK_ID']) - int(env.get('SLURM_ARRAY_TASK_MIN', 0)) if slurm
                                        else state.process_index if state is not None else 0)
-    if num_workers is None: num_workers = int(env['SLURM_ARRAY_TASK_COUNT']) if slurm else state.num_processes if state is not None else 1
+    if num_workers is None:
+        num_workers = int(
+            env['SLURM_ARRAY_TASK_COUNT']) if slurm else state.num_processes if state is not None else 1
     if num_workers < 1: raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    if not 0 <= worker_id < num_workers: raise ValueError(f"worker_id must be in [0, {num_workers}) for {num_workers} workers, got {worker_id}")
+    if not 0 <= worker_id < num_workers:
+        raise ValueError(
+            f"worker_id must be in [0, {num_workers}) for {num_workers} workers, got {worker_id}")
     return worker_id, num_workers
 
 
 # %% ../nbs/10_cli.ipynb #dc3568f1
 def build_generate_parser()->argparse.ArgumentParser:
-    "The `dp-generate` parser: the pool folder, the worker's slot, and the run flags of `dp-train` that say which pool (preset, config, `DPConfig` fields)."
-    p = _OneLineParser(prog='dp-generate', description="Make a run's initial pool offline, with any number of independent workers; dp-train --initial-pool starts from it.",
-                       epilog=presets_help(), argument_default=argparse.SUPPRESS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    "The `dp-generate` parser: the pool folder, the worker's slot, and `dp-train`'s flags naming the pool."
+    p = _OneLineParser(
+        prog='dp-generate', description="Make a run's initial pool offline, with any number of independent "
+                                        "workers; dp-train --initial-pool starts from it.",
+                       epilog=presets_help(), argument_default=argparse.SUPPRESS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', required=True, help='the pool folder, shared by all workers')
-    p.add_argument(*flag_names('worker_id'), type=int, dest='worker_id', help='this worker (default: SLURM_ARRAY_TASK_ID, else the accelerate process, else 0)')
-    p.add_argument(*flag_names('num_workers'), type=int, dest='n_workers', help='generation workers (default: SLURM_ARRAY_TASK_COUNT, else the accelerate processes, else 1)')
-    p.add_argument(*flag_names('preset'), choices=tuple(PRESETS), help="start from a preset (default: --dataset's preset, else digits)")
-    p.add_argument(*flag_names('config'), metavar='FILE', help="JSON or YAML file of DPConfig fields; flags override it")
-    p.add_argument(*flag_names('print_config'), action='store_true', dest='print_config', help='print the resolved configuration as JSON and exit')
+    p.add_argument(*flag_names('worker_id'), type=int, dest='worker_id',
+                   help='this worker (default: SLURM_ARRAY_TASK_ID, else the accelerate process, else 0)')
+    p.add_argument(*flag_names('num_workers'), type=int, dest='n_workers',
+            help='generation workers (default: SLURM_ARRAY_TASK_COUNT, else the accelerate processes, else 1)')
+    p.add_argument(*flag_names('preset'), choices=tuple(PRESETS),
+                   help="start from a preset (default: --dataset's preset, else digits)")
+    p.add_argument(*flag_names('config'), metavar='FILE',
+                   help="JSON or YAML file of DPConfig fields; flags override it")
+    p.add_argument(*flag_names('print_config'), action='store_true', dest='print_config',
+                   help='print the resolved configuration as JSON and exit')
     p.add_argument(*flag_names('threads'), type=int, metavar='N', help="torch CPU threads (default: torch's)")
     p.add_argument(*flag_names('quiet'), action='store_true', help='no line per shard')
     return add_config_flags(p, skip=('num_workers',))
@@ -634,41 +834,52 @@ def build_generate_parser()->argparse.ArgumentParser:
 
 # %% ../nbs/10_cli.ipynb #cffa6a3b
 def _generate(cfg:DPConfig, ns)->dict:
-    "The worker of `dp_generate`: its slot, the run's generator on its device, then its part of the pool in `--out`."
-    from deliberate_practice.store import distributed_state, run_device, derive_seed
+    "The worker of `dp_generate`: its slot, the generator on its device, its part of the pool in `--out`."
+    from deliberate_practice.runfolder import distributed_state, run_device, derive_seed
     from deliberate_practice.data import dataset_entry, balanced_labels
     from deliberate_practice.generators import GENERATOR_LOADERS
     from deliberate_practice.trainer import POOL
     from deliberate_practice.pool import generate_offline
     state = distributed_state(cfg)
-    worker, n = worker_slot(getattr(ns, 'worker_id', None), getattr(ns, 'n_workers', None), state=state if state.num_processes > 1 else None)
-    entry = dataset_entry(cfg.dataset); names, prompts = entry.classes(cfg)
+    worker, n = worker_slot(getattr(ns, 'worker_id', None), getattr(ns, 'n_workers', None),
+                            state=state if state.num_processes > 1 else None)
+    entry = dataset_entry(cfg.dataset)
+    names, prompts = entry.classes(cfg)
     if (p := pool_size_problem(cfg, len(names))): raise ValueError(p)
-    say = (lambda line: None) if getattr(ns, 'quiet', False) else (lambda line: print(f"dp-generate: {line}", flush=True))
-    say(f"worker {worker} of {n}: {cfg.pool_size:,} images of {cfg.dataset} into {ns.out}; loading the generator")
+    say = (lambda line: None) if getattr(ns, 'quiet', False) else (
+        lambda line: print(f"dp-generate: {line}", flush=True))
+    say(f"worker {worker} of {n}: {cfg.pool_size:,} images of {cfg.dataset} into {ns.out}; "
+        "loading the generator")
     gen = GENERATOR_LOADERS[entry.generator](cfg, names, prompts, run_device(cfg))
     if cfg.image_size is not None and tuple(gen.image_shape[-2:]) != (cfg.image_size,) * 2:
-        raise ValueError(f"image_size is {cfg.image_size} but the generator returns {tuple(gen.image_shape[-2:])} images")
-    res = generate_offline(gen, balanced_labels(cfg.pool_size, gen.n_classes), initial_sampling(cfg), derive_seed(cfg.seed, POOL), ns.out, worker, n, log=say)
-    say(f"worker {worker} of {n}: {len(res['written'])} shards written; " + (f"the pool is whole: start from it with --initial-pool {ns.out}" if res['finished']
+        raise ValueError(
+            f"image_size is {cfg.image_size} but the generator returns {tuple(gen.image_shape[-2:])} images")
+    res = generate_offline(gen, balanced_labels(cfg.pool_size, gen.n_classes), initial_sampling(cfg),
+                           derive_seed(cfg.seed, POOL), ns.out, worker, n, log=say)
+    say(f"worker {worker} of {n}: {len(res['written'])} shards written; "
+        + (f"the pool is whole: start from it with --initial-pool {ns.out}" if res['finished']
         else "other workers are making the rest (run dp-generate again to finish a dead worker's part)"))
     return res
 
 
 # %% ../nbs/10_cli.ipynb #907913b8
 def dp_generate(argv:list=None):  # command-line arguments (default: sys.argv[1:])
-    "Console script: one worker of an initial pool made offline into `--out`; SIGTERM stops it after its current batch (exit 75: run it again)."
+    "Console script: one worker of an initial pool made offline into `--out`; SIGTERM stops it after a batch."
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    from deliberate_practice.store import preemptible, Preempted, PREEMPTED_EXIT
+    from deliberate_practice.runfolder import preemptible, Preempted, PREEMPTED_EXIT
     try:
         with preemptible():
             ns = build_generate_parser().parse_args(argv)
             kw = {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}), **config_flags(ns)}
             cfg = preset(getattr(ns, 'preset', None) or kw.get('dataset', 'digits'), **kw)
             if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
-            if getattr(ns, 'threads', None) is not None: import torch; torch.set_num_threads(ns.threads)
+            if getattr(ns, 'threads', None) is not None:
+                import torch
+                torch.set_num_threads(ns.threads)
             _generate(cfg, ns)
     except Preempted as e:
-        print(f"dp-generate: {e}; exiting with status {PREEMPTED_EXIT}: run it again to continue", file=sys.stderr, flush=True); sys.exit(PREEMPTED_EXIT)
+        print(f"dp-generate: {e}; exiting with status {PREEMPTED_EXIT}: run it again to continue",
+              file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT)
     except (ValueError, OSError) as e: _fail(e, 'dp-generate')
 

@@ -28,8 +28,10 @@ def device_type(device:str)->str|None:
     return m.group(1) if m and m.group(1) in DEVICE_TYPES else None
 
 # %% ../nbs/00_config.ipynb #e66dbc65
-SELECTIONS = ('easiest', 'random', 'none')       # how a refresh picks the images it prunes: the lowest-scoring, a random subset, or none (static pool)
-LEGACY_SELECTIONS = {'entropy': 'easiest'}        # the names of deliberate_practice < 0.3: configs and run folders that use them still work
+# how a refresh picks the images it prunes: the lowest-scoring, a random subset, or none (static pool)
+SELECTIONS = ('easiest', 'random', 'none')
+# the names of deliberate_practice < 0.3: configs and run folders that use them still work
+LEGACY_SELECTIONS = {'entropy': 'easiest'}
 
 # %% ../nbs/00_config.ipynb #54d4b2a2
 def legacy_selection(name:str)->str: return LEGACY_SELECTIONS.get(name, name)
@@ -37,69 +39,107 @@ def legacy_selection(name:str)->str: return LEGACY_SELECTIONS.get(name, name)
 # %% ../nbs/00_config.ipynb #d4df3fa5
 SCORE_METRICS = ('entropy', 'margin', 'loss')    # `pool.difficulty` scores (higher = harder)
 SCHEDULERS = ('wsd', 'cosine')
-GUIDANCE_FORMS = ('eps', 'fgds')                 # how omega enters a guided step: `guidance.guided_ddim_sample`
-POOL_AUGMENTS = ('none', 'crop_flip')            # on-the-fly augmentation of pool images in training: `trainer.augment_batch`
+# how omega enters a guided step: `guidance.guided_ddim_sample`
+GUIDANCE_FORMS = ('eps', 'fgds')
+# on-the-fly augmentation of pool images in training: `trainer.augment_batch`
+POOL_AUGMENTS = ('none', 'crop_flip')
 PRECISIONS = ('no', 'bf16', 'fp16')              # accelerate's mixed-precision modes
-DATASETS = {'digits': (), 'imagenet100': ('data_root', 'sd_path'), 'imagenet1k': ('data_root', 'sd_path'),   # each dataset's name and the fields it needs;
-            'folder': ('data_root', 'sd_path')}                                                               # how it loads: `data.DATASETS`
+# each dataset's name and the fields it needs; how it loads: `data.DATASETS`
+DATASETS = {'digits': (), 'imagenet100': ('data_root', 'sd_path'), 'imagenet1k': ('data_root', 'sd_path'),
+            'folder': ('data_root', 'sd_path')}
 
 # %% ../nbs/00_config.ipynb #734b533e
 @dataclass
 class DPConfig:
     "Everything that defines a Deliberate Practice run; validated on construction."
-    pool_size:int = 100           # images in the synthetic pool (fixed size unless `grow`); digits: the pool-size sweep of 09_ablation
+    # images in the synthetic pool (fixed size unless `grow`); digits: the pool-size sweep of lab_digits
+    pool_size:int = 100
     prune_frac:float = 1.0        # fraction of the pool pruned and regenerated at each refresh
-    patience:int = 2              # epochs without real-val improvement before a refresh; digits: the val re-tune of 09_ablation
-    patience_growth:int = 0       # patience grows by this after each refresh (long version's incremental patience; 0 = fixed)
-    selection:str = 'easiest'     # which images a refresh prunes: the lowest-scoring by `score_metric` ('easiest'), 'random', or 'none' (static pool)
-    score_metric:str = 'entropy'  # the difficulty score selection 'easiest' prunes the lowest of: entropy (the paper), margin or loss
-    grow:bool = False             # long version's grow mode: add the new images instead of replacing the pruned ones
-    keep_pruned:bool = False      # keep every pruned image in the run folder's pruned/ (for `dp-pool export --all`); off: 4 per class and refresh, for the gallery
-    omega:float = 0.2             # entropy-guidance weight of refreshes, in the units of `guidance_form`; digits: the omega sweep of 09_ablation (tuning seeds)
-    cfg_scale:float = 2.0         # CFG scale of refreshes in diffusers' convention, u + cfg_scale (c - u): the paper's lambda + 1 (long version eq. 5)
-    cfg_scale_init:float = 2.0    # CFG scale of the initial (unguided) pool, diffusers' convention as `cfg_scale`
-    n_steps:int = 10              # DDIM sampling steps; digits: 10 gave the static pool of 20 at half the cost (09_ablation)
+    # epochs without real-val improvement before a refresh; digits: the val re-tune of lab_digits
+    patience:int = 2
+    # patience grows by this after each refresh (long version's incremental patience; 0 = fixed)
+    patience_growth:int = 0
+    # which images a refresh prunes: lowest `score_metric` ('easiest'), 'random', or 'none' (static pool)
+    selection:str = 'easiest'
+    # the difficulty score selection 'easiest' prunes the lowest of: entropy (the paper), margin or loss
+    score_metric:str = 'entropy'
+    # long version's grow mode: add the new images instead of replacing the pruned ones
+    grow:bool = False
+    # keep every pruned image in the run's pruned/ (`dp-pool export --all`); off: 4 per class and refresh
+    keep_pruned:bool = False
+    # entropy-guidance weight of refreshes, in `guidance_form` units; digits: the omega sweep of lab_digits
+    omega:float = 0.2
+    # CFG scale of refreshes, diffusers' u + cfg_scale (c - u): the paper's lambda + 1 (long version eq. 5)
+    cfg_scale:float = 2.0
+    # CFG scale of the initial (unguided) pool, diffusers' convention as `cfg_scale`
+    cfg_scale_init:float = 2.0
+    # DDIM sampling steps; digits: 10 gave the static pool of 20 at half the cost (lab_digits)
+    n_steps:int = 10
     guide_every:int = 1           # apply the entropy gradient every `guide_every` DDIM steps
-    guidance_form:str = 'eps'     # 'eps': unit-RMS gradient in eps-space, eps detached; 'fgds': the authors' FGDS code (through the denoiser, x_t += omega ||x_t|| g/||g||)
+    # 'eps': unit-RMS gradient in eps-space; 'fgds': the authors' FGDS (x_t += omega ||x_t|| g/||g||)
+    guidance_form:str = 'eps'
     gen_batch_size:int|None = None  # images per generation batch (None = all of a chunk at once)
-    guidance_batch_size:int|None = None  # images per entropy-gradient micro-batch: bounds guidance memory (None = the whole generation batch)
-    gradient_checkpointing:bool = False  # Stable Diffusion: recompute the VAE decoder in the guidance backward pass (less memory, more time)
-    guidance_decoder:str|None = None     # Stable Diffusion: local AutoencoderTiny (TAESD) folder used only for the guidance view (None: the SD VAE)
-    epochs:int = 60               # training epochs; one epoch = ceil(pool_size / batch_size) optimizer steps; digits: third sweep of 09_ablation
-    lr:float = 1e-3               # AdamW peak learning rate, for the global `batch_size` (scale it linearly with the batch)
+    # images per entropy-gradient micro-batch: bounds guidance memory (None = the whole generation batch)
+    guidance_batch_size:int|None = None
+    # Stable Diffusion: recompute the VAE decoder in the guidance backward pass (less memory, more time)
+    gradient_checkpointing:bool = False
+    # Stable Diffusion: local AutoencoderTiny (TAESD) folder for the guidance view only (None: SD's VAE)
+    guidance_decoder:str|None = None
+    # training epochs of ceil(pool_size / batch_size) optimizer steps; digits: third sweep of lab_digits
+    epochs:int = 60
+    # AdamW peak learning rate, for the global `batch_size` (scale it linearly with the batch)
+    lr:float = 1e-3
     weight_decay:float = 0.05     # AdamW weight decay
-    batch_size:int = 32           # global training batch size, split over the processes: the same optimisation on 1 or 32 GPUs
-    device_batch_size:int|None = None  # most images one process puts through the classifier at once; gradient accumulation makes up the rest (None: no accumulation)
+    # global training batch size, split over the processes: the same optimisation on 1 or 32 GPUs
+    batch_size:int = 32
+    # most images a process puts through the classifier at once; gradient accumulation does the rest
+    device_batch_size:int|None = None
     mixed_precision:str = 'no'    # accelerate's training precision: no, bf16 or fp16 (fp16 needs CUDA)
     num_workers:int = 0           # DataLoader workers reading the pool and the real val/test images
-    test_every:int = 1            # evaluate the real test split every `test_every` epochs and at the last (0: only at the last)
+    # evaluate the real test split every `test_every` epochs and at the last (0: only at the last)
+    test_every:int = 1
     scheduler:str = 'wsd'         # learning-rate schedule: 'wsd' (Warmup-Stable-Decay) or 'cosine'
     warmup_frac:float = 0.1       # fraction of steps in the linear warmup
     decay_frac:float = 0.2        # fraction of steps in the final cosine cool-down (no refresh in it)
     label_smoothing:float = 0.0   # cross-entropy label smoothing
-    pool_augment:str = 'none'     # pool images in training: 'none', or 'crop_flip' (a random-resized crop and a horizontal flip, drawn each epoch from the run's seed)
+    # pool images in training: 'none', or 'crop_flip' (random-resized crop and flip, from the run's seed)
+    pool_augment:str = 'none'
     mixup:float = 0.0             # timm Mixup alpha (0 = off)
     cutmix:float = 0.0            # timm CutMix alpha (0 = off)
     ema_decay:float = 0.0         # timm ModelEmaV3 decay of the evaluated model (0 = off)
     model:str = 'digits_cnn'      # timm model name of the classifier
-    image_size:int|None = None    # classifier input side: SD images are resized to it (pool and guidance), real ImageNet loads at it (None: the generator's)
-    dataset:str = 'digits'        # a name in `DATASETS`: digits, imagenet100, imagenet1k, or folder (your own classes under `data_root`)
-    digits_generator:str = 'digits_unet'  # digits: the generator's weights, a name in deliberate_practice/weights/ or a file stem (path without suffix)
-    data_root:str|None = None     # real images: the ImageNet root (train/, val/), or a folder dataset's root (val/<class>/, test/<class>/)
-    sd_path:str|None = None       # Stable Diffusion weights folder in the diffusers layout: SD-1.x or SD-2.x (needed for the ImageNet and folder datasets)
-    variant:str|None = None       # diffusers weight variant of `sd_path`, e.g. 'fp16' for its `*.fp16.safetensors` (None: the plain files)
-    prompts:str|None = None       # Stable Diffusion: a JSON file {class folder name: prompt, or a list of prompts used in turn}; it wins over the rest
-    lora:str|None = None          # Stable Diffusion: LoRA weights (a diffusers/PEFT .safetensors file or folder) loaded into the UNet and text encoder
+    # classifier input side: SD images are resized to it, real ImageNet loads at it (None: the generator's)
+    image_size:int|None = None
+    # a name in `DATASETS`: digits, imagenet100, imagenet1k, or folder (your own classes under `data_root`)
+    dataset:str = 'digits'
+    # digits: the generator's weights, a name in deliberate_practice/weights/ or a file stem
+    digits_generator:str = 'digits_unet'
+    # real images: the ImageNet root (train/, val/), or a folder dataset's root (val/<class>/, test/<class>/)
+    data_root:str|None = None
+    # Stable Diffusion folder in the diffusers layout, SD-1.x or SD-2.x (ImageNet and folder datasets)
+    sd_path:str|None = None
+    # diffusers weight variant of `sd_path`, e.g. 'fp16' for its `*.fp16.safetensors` (None: the plain files)
+    variant:str|None = None
+    # Stable Diffusion: JSON file {class folder name: prompt, or a list used in turn}; it wins over the rest
+    prompts:str|None = None
+    # Stable Diffusion: LoRA weights (diffusers/PEFT .safetensors file or folder) for UNet and text encoder
+    lora:str|None = None
     lora_scale:float = 1.0        # the LoRA's weight (0: the unadapted model, exactly)
-    textual_inversion:str|None = None  # Stable Diffusion: a textual-inversion embedding file; its token must appear in the prompts (`prompts`, `prompt_template`)
-    prompt_template:str = 'a photo of a {name}'  # Stable Diffusion: the prompt of a class ({name}: its name); classes.json and `prompts` override it per class
-    real_train:str|None = None    # real training images mixed into every epoch: an ImageFolder with the run's class folders (digits: 'gen', the generator's split); never scored or pruned
+    # Stable Diffusion: a textual-inversion embedding file; its token must appear in the prompts
+    textual_inversion:str|None = None
+    # Stable Diffusion: a class's prompt ({name}: its name); classes.json and `prompts` override it
+    prompt_template:str = 'a photo of a {name}'
+    # real training images mixed into every epoch: an ImageFolder of the run's classes (digits: 'gen')
+    real_train:str|None = None
     real_per_class:int|None = None  # real training images used per class (None: all)
-    real_weight:float = 1.0       # how many times each real training image is drawn per epoch, on average (1: once; the pool: once)
-    extra_test:str|None = None    # more test sets, 'NAME=DIR[,NAME=DIR]': ImageFolders whose classes may be a subset of the run's (logits restricted to them)
+    # how many times each real training image is drawn per epoch, on average (1: once; the pool: once)
+    real_weight:float = 1.0
+    # more test sets, 'NAME=DIR[,NAME=DIR]': ImageFolders of some of the run's classes (logits restricted)
+    extra_test:str|None = None
     device:str = 'cpu'            # torch device of classifier and generator
     seed:int = 0                  # seeds everything random in the run
-    initial_pool:str|None = None  # a pool folder to start from instead of generating the initial pool (`dp-generate`, `dp-pool import`); checked against the run
+    # a pool folder to start from instead of generating one (`dp-generate`, `dp-pool import`); checked
+    initial_pool:str|None = None
 
     def __post_init__(self): _validate(self)
     def to_dict(self)->dict: return asdict(self)
@@ -109,14 +149,22 @@ class DPConfig:
 # %% ../nbs/00_config.ipynb #5ca83fac
 TYPE_NAMES = {int: 'an integer', float: 'a finite number', bool: 'True or False', str: 'a non-empty string'}
 # upper bounds: what each field's use can take (a finite float can still overflow a sampler or an allocation)
-MAXIMA = dict(omega=100., cfg_scale=100., cfg_scale_init=100., lr=10., weight_decay=10., mixup=100., cutmix=100., pool_size=10**8,
-              batch_size=10**6, device_batch_size=10**6, gen_batch_size=10**6, guidance_batch_size=10**6, epochs=10**6, patience=10**6, patience_growth=10**6,
-              image_size=8192, num_workers=1024, lora_scale=10., real_per_class=10**7, real_weight=1000., seed=2**32 - 1, guide_every=1000, test_every=10**6)
-MAXIMA_WHY = dict(omega="a guidance weight: far beyond it only noise is left, in either form's units", cfg_scale='a guidance scale',
-                  cfg_scale_init='a guidance scale', lr='a learning rate', weight_decay='AdamW decoupled decay', mixup='a Beta alpha',
-                  cutmix='a Beta alpha', pool_size='100M images', batch_size='a batch', device_batch_size='a batch', gen_batch_size='a batch', guidance_batch_size='a batch',
-                  epochs='a run', patience='epochs', patience_growth='epochs', image_size='pixels', num_workers='processes',
-                  seed='numpy seeds are 32-bit', lora_scale='a LoRA weight', real_per_class='images', real_weight='draws per epoch', guide_every='DDIM steps', test_every='epochs')
+MAXIMA = dict(omega=100., cfg_scale=100., cfg_scale_init=100., lr=10., weight_decay=10., mixup=100.,
+              cutmix=100., pool_size=10**8,
+              batch_size=10**6, device_batch_size=10**6, gen_batch_size=10**6, guidance_batch_size=10**6,
+              epochs=10**6, patience=10**6, patience_growth=10**6,
+              image_size=8192, num_workers=1024, lora_scale=10., real_per_class=10**7, real_weight=1000.,
+              seed=2**32 - 1, guide_every=1000, test_every=10**6)
+MAXIMA_WHY = dict(omega="a guidance weight: far beyond it only noise is left, in either form's units",
+                  cfg_scale='a guidance scale',
+                  cfg_scale_init='a guidance scale', lr='a learning rate',
+                  weight_decay='AdamW decoupled decay', mixup='a Beta alpha',
+                  cutmix='a Beta alpha', pool_size='100M images', batch_size='a batch',
+                  device_batch_size='a batch', gen_batch_size='a batch', guidance_batch_size='a batch',
+                  epochs='a run', patience='epochs', patience_growth='epochs', image_size='pixels',
+                  num_workers='processes',
+                  seed='numpy seeds are 32-bit', lora_scale='a LoRA weight', real_per_class='images',
+                  real_weight='draws per epoch', guide_every='DDIM steps', test_every='epochs')
 
 # %% ../nbs/00_config.ipynb #ec3144ea
 def check_value(name:str,          # what the value is, for the message: a field, a flag, an argument
@@ -126,7 +174,7 @@ def check_value(name:str,          # what the value is, for the message: a field
                 lo_open:bool=False,  # exclude `lo` itself
                 parse:bool=False,  # `v` may be a string to convert (a command-line flag; 'none' for None)
                ):
-    "`v` as the type `tp`, checked; else a ValueError that names `name` and what it must be. The one validator of settings, flags and widget values."
+    "`v` as the type `tp`, checked, else a ValueError naming `name`: the one validator of settings and flags."
     if getattr(tp, '__args__', None):                               # X|None
         if v is None or (parse and isinstance(v, str) and v.lower() == 'none'): return None
         tp = next(t for t in tp.__args__ if t is not type(None))
@@ -139,19 +187,21 @@ def check_value(name:str,          # what the value is, for the message: a field
           bool: isinstance(v, bool), str: isinstance(v, str) and v != ''}[tp]
     in_range = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi)
     if not in_range:
-        where = '' if lo is None and hi is None else f" in {'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        where = ('' if lo is None and hi is None else f" in {'(' if lo_open else '['}"
+                 f"{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
         raise ValueError(f"{name} must be {TYPE_NAMES[tp]}{where}, got {given!r}")
     return tp(v)
 
 # %% ../nbs/00_config.ipynb #b06ddc05
 def extra_tests(spec:str|None)->dict:
-    "`'r=/data/in-r,a=/data/in-a'` -> `{'r': '/data/in-r', 'a': '/data/in-a'}` (the `extra_test` field; None: {})."
+    "`'r=/data/in-r,a=/data/in-a'` -> `{'r': '/data/in-r', 'a': '/data/in-a'}` (`extra_test`; None: {})."
     return dict(item.split('=', 1) for item in spec.split(',')) if spec else {}
 
 def extra_test_problem(spec:str)->str:
-    "What is wrong with an `extra_test` value (None if nothing): each item NAME=DIR, NAME of letters, digits, '_' or '-', names distinct."
+    "What is wrong with an `extra_test` value, or None: items NAME=DIR, NAME of [A-Za-z0-9_-], distinct."
     items = spec.split(',')
-    if bad := next((it for it in items if not re.fullmatch(r'[A-Za-z0-9_-]+=.+', it)), None): return f"{bad!r} is not NAME=DIR"
+    if bad := next((it for it in items if not re.fullmatch(r'[A-Za-z0-9_-]+=.+', it)), None):
+        return f"{bad!r} is not NAME=DIR"
     if len(names := [it.split('=', 1)[0] for it in items]) != len(set(names)): return f"names repeat: {names}"
     if clash := {'val', 'test'} & set(names): return f"{sorted(clash)} name the run's own splits"
 
@@ -162,52 +212,80 @@ def _validate(c:DPConfig):
     c.selection = legacy_selection(c.selection)
     def need(ok, field, rule):
         if not ok: raise ValueError(f"{field} must be {rule}, got {getattr(c, field)!r}")
-    for f in ('pool_size', 'patience', 'epochs', 'batch_size', 'guide_every'): need(getattr(c, f) >= 1, f, '>= 1')
-    for f in ('lora_scale', 'real_weight', 'patience_growth', 'seed', 'omega', 'cfg_scale', 'cfg_scale_init', 'weight_decay', 'mixup', 'cutmix', 'num_workers', 'test_every'):
+    for f in ('pool_size', 'patience', 'epochs', 'batch_size', 'guide_every'):
+        need(getattr(c, f) >= 1, f, '>= 1')
+    for f in ('lora_scale', 'real_weight', 'patience_growth', 'seed', 'omega', 'cfg_scale', 'cfg_scale_init',
+              'weight_decay', 'mixup', 'cutmix', 'num_workers', 'test_every'):
         need(getattr(c, f) >= 0, f, '>= 0')
-    for f, hi in MAXIMA.items(): need(getattr(c, f) is None or getattr(c, f) <= hi, f, f'<= {hi:g} ({MAXIMA_WHY[f]})')
-    need(0 <= c.prune_frac <= 1, 'prune_frac', 'in [0, 1]'); need(c.lr > 0, 'lr', '> 0')
-    for f in ('gen_batch_size', 'guidance_batch_size', 'device_batch_size'): need(getattr(c, f) is None or getattr(c, f) >= 1, f, '>= 1 or None')
+    for f, hi in MAXIMA.items():
+        need(getattr(c, f) is None or getattr(c, f) <= hi, f, f'<= {hi:g} ({MAXIMA_WHY[f]})')
+    need(0 <= c.prune_frac <= 1, 'prune_frac', 'in [0, 1]')
+    need(c.lr > 0, 'lr', '> 0')
+    for f in ('gen_batch_size', 'guidance_batch_size', 'device_batch_size'):
+        need(getattr(c, f) is None or getattr(c, f) >= 1, f, '>= 1 or None')
     need(c.image_size is None or c.image_size >= 1, 'image_size', '>= 1 or None')
     need(c.dataset != 'digits' or c.image_size in (None, 8), 'image_size', "None or 8 for dataset 'digits'")
     need(1 <= c.n_steps <= 1000, 'n_steps', 'in [1, 1000]')
     need(c.real_per_class is None or c.real_per_class >= 1, 'real_per_class', '>= 1 or None (all)')
-    need(c.variant is None or re.fullmatch(r'[A-Za-z0-9_-]+', c.variant), 'variant', "a weight-file infix such as 'fp16' (letters, digits, _ or -)")
-    need(c.extra_test is None or extra_test_problem(c.extra_test) is None, 'extra_test', f"'NAME=DIR[,NAME=DIR]' ({extra_test_problem(c.extra_test or '')})")
+    need(c.variant is None or re.fullmatch(r'[A-Za-z0-9_-]+', c.variant), 'variant',
+         "a weight-file infix such as 'fp16' (letters, digits, _ or -)")
+    need(c.extra_test is None or extra_test_problem(c.extra_test) is None, 'extra_test',
+         f"'NAME=DIR[,NAME=DIR]' ({extra_test_problem(c.extra_test or '')})")
     for f in ('warmup_frac', 'label_smoothing', 'ema_decay'): need(0 <= getattr(c, f) < 1, f, 'in [0, 1)')
-    need(0 <= c.decay_frac <= 1 - c.warmup_frac, 'decay_frac', f'in [0, 1 - warmup_frac = {1 - c.warmup_frac:g}]')
-    for f, allowed in (('selection', SELECTIONS), ('score_metric', SCORE_METRICS), ('scheduler', SCHEDULERS), ('dataset', tuple(DATASETS)),
-                       ('mixed_precision', PRECISIONS), ('guidance_form', GUIDANCE_FORMS), ('pool_augment', POOL_AUGMENTS)):
+    need(0 <= c.decay_frac <= 1 - c.warmup_frac, 'decay_frac',
+         f'in [0, 1 - warmup_frac = {1 - c.warmup_frac:g}]')
+    for f, allowed in (('selection', SELECTIONS), ('score_metric', SCORE_METRICS), ('scheduler', SCHEDULERS),
+                       ('dataset', tuple(DATASETS)),
+                       ('mixed_precision', PRECISIONS), ('guidance_form', GUIDANCE_FORMS),
+                       ('pool_augment', POOL_AUGMENTS)):
         need(getattr(c, f) in allowed, f, f'one of {allowed}')
-    need(not (c.mixup or c.cutmix) or c.batch_size % 2 == 0, 'batch_size', 'even when mixup/cutmix is on (timm Mixup)')
+    need(not (c.mixup or c.cutmix) or c.batch_size % 2 == 0, 'batch_size',
+         'even when mixup/cutmix is on (timm Mixup)')
     need(device_type(c.device) is not None, 'device', "a torch device such as 'cpu' or 'cuda:0'")
-    need(c.mixed_precision != 'fp16' or device_type(c.device) == 'cuda', 'mixed_precision', "'no' or 'bf16' off CUDA ('fp16' needs a CUDA device)")
+    need(c.mixed_precision != 'fp16' or device_type(c.device) == 'cuda', 'mixed_precision',
+         "'no' or 'bf16' off CUDA ('fp16' needs a CUDA device)")
     for f in DATASETS[c.dataset]: need(getattr(c, f) is not None, f, f'set for dataset {c.dataset!r}')
-    try: c.prompt_template.format('x', name='x'); ok = '{' in c.prompt_template
+    try:
+        c.prompt_template.format('x', name='x')
+        ok = '{' in c.prompt_template
     except (KeyError, IndexError, ValueError): ok = False
     need(ok, 'prompt_template', "a prompt with one {name} (the class name), e.g. 'a photo of a {name}'")
 
 # %% ../nbs/00_config.ipynb #0175b11e
 def _epochs(iterations:int, pool_size:int, batch_size:int)->int:
-    "Epochs of a run of `iterations` optimizer steps (an epoch: `pool_size // batch_size` whole batches, as under Mixup)."
+    "Epochs of a run of `iterations` optimizer steps (an epoch: `pool_size // batch_size` whole batches)."
     return math.ceil(iterations / (pool_size // batch_size))
 
-_IMAGENET = dict(patience=8, prune_frac=1.0, selection='easiest', scheduler='wsd', warmup_frac=0.1, decay_frac=0.2,
-                 omega=0.05, guidance_form='fgds', cfg_scale=4.0, cfg_scale_init=3.0, n_steps=30, guide_every=5,
-                 prompt_template='{name}', gen_batch_size=64, guidance_batch_size=4, model='vit_base_patch16_224', image_size=224,
-                 weight_decay=0.05, label_smoothing=0.11, mixup=0.5, cutmix=1.0, ema_decay=0.999, pool_augment='crop_flip',
+_IMAGENET = dict(patience=8, prune_frac=1.0, selection='easiest', scheduler='wsd', warmup_frac=0.1,
+                 decay_frac=0.2,
+                 omega=0.05, guidance_form='fgds', cfg_scale=4.0, cfg_scale_init=3.0, n_steps=30,
+                 guide_every=5,
+                 prompt_template='{name}', gen_batch_size=64, guidance_batch_size=4,
+                 model='vit_base_patch16_224', image_size=224,
+                 weight_decay=0.05, label_smoothing=0.11, mixup=0.5, cutmix=1.0, ema_decay=0.999,
+                 pool_augment='crop_flip',
                  device='cuda', mixed_precision='bf16', num_workers=8, test_every=0)
 PRESETS = {'digits': {},                                                    # the DPConfig defaults
-           'digits-k10': dict(digits_generator='digits_unet_k10'),          # digits, with a generator trained on 10 real digits per class (09_ablation: the low-data scale; tuning seeds kept every other setting)
-           'imagenet100': dict(_IMAGENET, dataset='imagenet100', pool_size=65_000, lr=3e-3, batch_size=2048, device_batch_size=64,
+           # digits, with a generator trained on 10 real digits per class (lab_digits: the
+           # low-data scale; tuning seeds kept every other setting)
+           'digits-k10': dict(digits_generator='digits_unet_k10'),
+           'imagenet100': dict(_IMAGENET, dataset='imagenet100', pool_size=65_000, lr=3e-3, batch_size=2048,
+                               device_batch_size=64,
                                epochs=_epochs(50_000, 65_000, 2048)),
-           'imagenet1k': dict(_IMAGENET, dataset='imagenet1k', pool_size=650_000, lr=1.6e-3, batch_size=4096, device_batch_size=128,
+           'imagenet1k': dict(_IMAGENET, dataset='imagenet1k', pool_size=650_000, lr=1.6e-3, batch_size=4096,
+                              device_batch_size=128,
                               epochs=_epochs(100_000, 650_000, 4096)),
-           'folder': dict(_IMAGENET, dataset='folder', pool_size=13_000, lr=1.5e-3, batch_size=256, device_batch_size=64, ema_decay=0.99,
-                          epochs=100, prompt_template='a photo of a {name}'),  # your own classes: see the table
-           'folder-cpu': dict(_IMAGENET, dataset='folder', device='cpu', mixed_precision='no', model='resnet18', image_size=128, pool_size=40,
-                              n_steps=10, gen_batch_size=4, guidance_batch_size=1, batch_size=16, device_batch_size=None, lr=1e-3, num_workers=0,
-                              epochs=10, patience=2, mixup=0.0, cutmix=0.0, ema_decay=0.0, prompt_template='a photo of a {name}')}  # a CPU check of a folder run end to end, not an experiment
+           'folder': dict(_IMAGENET, dataset='folder', pool_size=13_000, lr=1.5e-3, batch_size=256,
+                          device_batch_size=64, ema_decay=0.99,
+                          # your own classes: see the table
+                          epochs=100, prompt_template='a photo of a {name}'),
+           'folder-cpu': dict(_IMAGENET, dataset='folder', device='cpu', mixed_precision='no',
+                              model='resnet18', image_size=128, pool_size=40,
+                              n_steps=10, gen_batch_size=4, guidance_batch_size=1, batch_size=16,
+                              device_batch_size=None, lr=1e-3, num_workers=0,
+                              # a CPU check of a folder run end to end, not an experiment
+                              epochs=10, patience=2, mixup=0.0, cutmix=0.0, ema_decay=0.0,
+                              prompt_template='a photo of a {name}')}
 
 
 # %% ../nbs/00_config.ipynb #c7abc15f
@@ -219,10 +297,14 @@ def preset(name:str, # one of `PRESETS`
     return DPConfig(**{**PRESETS[name], **kw})
 
 # %% ../nbs/00_config.ipynb #c01bd459
-ROWS = ('static-cosine', 'static-wsd', 'dp-p10-25', 'dp-p8-25', 'dp-p8-50', 'dp-p8-75', 'dp-p8-100', 'random-p8-100')
-REAL_ROW = 'real-wsd'   # not in the paper: the static WSD row trained on the real images the generator saw (scales whose generator records them)
+ROWS = ('static-cosine', 'static-wsd', 'dp-p10-25', 'dp-p8-25', 'dp-p8-50', 'dp-p8-75', 'dp-p8-100',
+        'random-p8-100')
+# not in the paper: the static WSD row trained on the real images the generator saw (scales whose generator
+# records them)
+REAL_ROW = 'real-wsd'
 
-# Table 1 of the paper (ImageNet-100, ViT-B/16): row -> (scheduler, patience, pruning %, val acc %, test acc %)
+# Table 1 of the paper (ImageNet-100, ViT-B/16): row -> (scheduler, patience, pruning %, val acc %, test acc
+# %)
 PAPER_TABLE1 = {
     'static-cosine': ('cosine', None, 0,   29.78, 31.74),
     'static-wsd':    ('wsd',    None, 0,   32.96, 35.06),
@@ -243,7 +325,7 @@ def row_kind(row:str)->str:
 
 # %% ../nbs/00_config.ipynb #327e0e03
 def _row_settings(row:str, patience:dict)->dict:
-    "The DPConfig fields a Table 1 row sets, with the paper's patience mapped through `patience` ({paper value: this scale's})."
+    "The DPConfig fields a Table 1 row sets, the paper's patience mapped by `patience` ({paper: this scale})."
     sched, pat, prune, *_ = PAPER_TABLE1['static-wsd' if row == REAL_ROW else row]
     kw = dict(scheduler=sched, prune_frac=prune / 100)
     if row_kind(row) in ('static', 'real'): return dict(kw, selection='none')
@@ -251,11 +333,16 @@ def _row_settings(row:str, patience:dict)->dict:
     return dict(kw, selection='easiest') if row_kind(row) == 'dp' else dict(kw, selection='random', omega=0.0)
 
 # %% ../nbs/00_config.ipynb #50623a52
-SCALES = {n: p for n, p in PRESETS.items() if n != 'folder-cpu'}   # the trainer's table: each scale's dp-p8-100 row (folder-cpu checks one run: no scale)
-PATIENCE_10 = {'digits': 4, 'digits-k10': 4, 'imagenet100': 10, 'imagenet1k': 10, 'folder': 10}   # the paper's patience 10 at each scale (digits: the patience sweep below)
-PATIENCE = {s: {8: p.get('patience', DPConfig.patience), 10: PATIENCE_10[s]} for s, p in SCALES.items()}   # {paper value: this scale's}
-_QUICK_DIGITS = dict(epochs=20, patience={8: 1, 10: 2})   # `--quick`: fewer epochs, so a shorter patience ({paper: this scale's}) to see refreshes
-QUICK = {'digits': _QUICK_DIGITS, 'digits-k10': _QUICK_DIGITS, 'imagenet100': dict(epochs=10), 'imagenet1k': dict(epochs=5), 'folder': dict(epochs=10)}
+# the trainer's table: each scale's dp-p8-100 row (folder-cpu checks one run: no scale)
+SCALES = {n: p for n, p in PRESETS.items() if n != 'folder-cpu'}
+# the paper's patience 10 at each scale (digits: the patience sweep below)
+PATIENCE_10 = {'digits': 4, 'digits-k10': 4, 'imagenet100': 10, 'imagenet1k': 10, 'folder': 10}
+# {paper value: this scale's}
+PATIENCE = {s: {8: p.get('patience', DPConfig.patience), 10: PATIENCE_10[s]} for s, p in SCALES.items()}
+# `--quick`: fewer epochs, so a shorter patience ({paper: this scale's}) to see refreshes
+_QUICK_DIGITS = dict(epochs=20, patience={8: 1, 10: 2})
+QUICK = {'digits': _QUICK_DIGITS, 'digits-k10': _QUICK_DIGITS, 'imagenet100': dict(epochs=10),
+         'imagenet1k': dict(epochs=5), 'folder': dict(epochs=10)}
 
 # %% ../nbs/00_config.ipynb #fbb065c8
 def row_config(row:str,             # one of `ROWS`, or `REAL_ROW`
@@ -264,21 +351,27 @@ def row_config(row:str,             # one of `ROWS`, or `REAL_ROW`
            **overrides,         # any `DPConfig` field
           )->DPConfig:
     "The `DPConfig` of Table 1 row `row` at `scale`."
-    if row not in ROWS + (REAL_ROW,): raise ValueError(f"row must be one of {ROWS + (REAL_ROW,)}, got {row!r}")
+    if row not in ROWS + (REAL_ROW,):
+        raise ValueError(f"row must be one of {ROWS + (REAL_ROW,)}, got {row!r}")
     if scale not in SCALES: raise ValueError(f"scale must be one of {tuple(SCALES)}, got {scale!r}")
     unknown = set(overrides) - set(DPConfig.__dataclass_fields__)
     if unknown: raise ValueError(f"overrides must be DPConfig fields, got {sorted(unknown)}")
     q = dict(QUICK[scale]) if quick else {}
     patience = q.pop('patience', PATIENCE[scale])
-    kw = {**SCALES[scale], 'test_every': 0, **q, **_row_settings(row, patience), **overrides}   # the table reads the test split at the last epoch only
-    if row == REAL_ROW and kw.get('real_train'): kw['real_weight'] = 0.0   # its pool is the real images: not mixed in a second time
-    if row_kind(row) == 'random': kw.update(omega=0.0, cfg_scale=kw.get('cfg_scale_init', DPConfig.cfg_scale_init))   # random regeneration has no feedback, whatever the overrides
+    # the table reads the test split at the last epoch only
+    kw = {**SCALES[scale], 'test_every': 0, **q, **_row_settings(row, patience), **overrides}
+    # its pool is the real images: not mixed in a second time
+    if row == REAL_ROW and kw.get('real_train'): kw['real_weight'] = 0.0
+    # random regeneration has no feedback, whatever the overrides
+    if row_kind(row) == 'random':
+        kw.update(omega=0.0, cfg_scale=kw.get('cfg_scale_init', DPConfig.cfg_scale_init))
     return DPConfig(**kw)
 
 # %% ../nbs/00_config.ipynb #7394b7ea
 def pool_key(cfg:DPConfig)->tuple:
     "What the initial pool depends on: rows with the same key start from the same images."
-    return (cfg.dataset, cfg.digits_generator, cfg.seed, cfg.pool_size, cfg.cfg_scale_init, cfg.n_steps, cfg.gen_batch_size, cfg.sd_path, cfg.image_size,
+    return (cfg.dataset, cfg.digits_generator, cfg.seed, cfg.pool_size, cfg.cfg_scale_init, cfg.n_steps,
+            cfg.gen_batch_size, cfg.sd_path, cfg.image_size,
             cfg.prompts, cfg.prompt_template)
 
 # %% ../nbs/00_config.ipynb #206f4bac
@@ -289,34 +382,40 @@ def _parse_value(s:str):
 
 # %% ../nbs/00_config.ipynb #e0e8ccf8
 def parse_overrides(items:list)->dict:
-    "`['omega=0.2', 'model=test_vit']` -> `{'omega': 0.2, 'model': 'test_vit'}`; values read as json, else as strings."
+    "`['omega=0.2', 'model=test_vit']` -> `{'omega': 0.2, 'model': 'test_vit'}`; values json, else strings."
     kw = {}
     for it in items or []:
         k, sep, v = it.partition('=')
         if not sep or not k: raise ValueError(f"overrides must look like field=value, got {it!r}")
-        if k not in DPConfig.__dataclass_fields__: raise ValueError(f"overrides: {k!r} is not a DPConfig field")
+        if k not in DPConfig.__dataclass_fields__:
+            raise ValueError(f"overrides: {k!r} is not a DPConfig field")
         kw[k] = _parse_value(v)
     return kw
 
 # %% ../nbs/00_config.ipynb #6acab3e0
 def _parse_seeds(seeds)->list:
     try: s = [int(x) for x in seeds]
-    except (TypeError, ValueError): raise ValueError(f"seeds must be integers >= 0, got {' '.join(map(str, seeds))!r}") from None
-    if not s or min(s) < 0 or len(set(s)) != len(s): raise ValueError(f"seeds must be distinct integers >= 0, got {' '.join(map(str, seeds))!r}")
+    except (TypeError, ValueError):
+        raise ValueError(f"seeds must be integers >= 0, got {' '.join(map(str, seeds))!r}") from None
+    if not s or min(s) < 0 or len(set(s)) != len(s):
+        raise ValueError(f"seeds must be distinct integers >= 0, got {' '.join(map(str, seeds))!r}")
     return s
 
 # %% ../nbs/00_config.ipynb #4c7df4f6
 def _parse_rows(rows)->list:
     bad = [r for r in rows if r not in ROWS + (REAL_ROW,)]
-    if bad or not rows or len(set(rows)) != len(rows): raise ValueError(f"rows must be distinct names from {', '.join(ROWS + (REAL_ROW,))}; got {' '.join(rows)!r}")
+    if bad or not rows or len(set(rows)) != len(rows):
+        raise ValueError(f"rows must be distinct names from {', '.join(ROWS + (REAL_ROW,))}; got "
+                         f"{' '.join(rows)!r}")
     return list(rows)
 
 # %% ../nbs/00_config.ipynb #5b232344
 DIGITS_WEIGHTS = 'digits_unet'  # stem of the shipped files in deliberate_practice/weights/
 
 def digits_weights(name:str=DIGITS_WEIGHTS)->Path:
-    "File stem of digits generator weights: a bare name is one shipped in `deliberate_practice/weights/`, else a path."
-    return Path(name) if Path(name).name != name else Path(str(files('deliberate_practice') / 'weights' / name))
+    "File stem of digits generator weights: a bare name in `deliberate_practice/weights/`, else a path."
+    return (Path(name) if Path(name).name != name
+            else Path(str(files('deliberate_practice') / 'weights' / name)))
 
 # %% ../nbs/00_config.ipynb #3d494dc2
 def generator_record(cfg:DPConfig)->dict:
@@ -326,17 +425,19 @@ def generator_record(cfg:DPConfig)->dict:
 
 # %% ../nbs/00_config.ipynb #f12d5d68
 def has_real(cfg:DPConfig)->bool:
-    "Whether `REAL_ROW` can run: digits with real training digits (`real_train`), or a generator that records its own."
-    if cfg.dataset != 'digits': return False        # the one in-memory dataset (`data.DATASETS`): real rows need it
+    "Whether `REAL_ROW` can run: digits with `real_train` digits, or a generator that records its own."
+    # the one in-memory dataset (`data.DATASETS`): real rows need it
+    if cfg.dataset != 'digits': return False
     return cfg.real_train is not None or 'real_subset' in generator_record(cfg)
 
 # %% ../nbs/00_config.ipynb #4da4a7b6
 def scale_rows(scale:str='digits', **overrides)->list:
-    "The rows `dp-reproduce` runs by default: Table 1's, and `REAL_ROW` when the scale's generator records its real images."
+    "The rows `dp-reproduce` runs by default: Table 1's, and `REAL_ROW` if the generator records its reals."
     return list(ROWS) + ([REAL_ROW] if has_real(row_config('static-wsd', scale, **overrides)) else [])
 
 # %% ../nbs/00_config.ipynb #6a180604
-COVERAGE_ROWS = ('static-wsd', 'dp-p8-100', 'random-p8-100', REAL_ROW)   # the rows of the generator-coverage sweep (09_ablation)
+# the rows of the generator-coverage sweep (09_ablation)
+COVERAGE_ROWS = ('static-wsd', 'dp-p8-100', 'random-p8-100', REAL_ROW)
 
 # %% ../nbs/00_config.ipynb #feef94af
 def reproduce_configs(scale:str='digits', # one of `SCALES`
@@ -351,15 +452,19 @@ def reproduce_configs(scale:str='digits', # one of `SCALES`
     kw, s = dict(overrides or {}), _parse_seeds(seeds if seeds is not None else SEEDS)
     r = _parse_rows(rows if rows is not None else COVERAGE_ROWS if coverage else scale_rows(scale, **kw))
     if quick and seeds is None: s = s[:1]
-    if coverage and scale != 'digits': raise ValueError(f"coverage runs at scale digits (it swaps the generator), got scale {scale!r}")
+    if coverage and scale != 'digits':
+        raise ValueError(f"coverage runs at scale digits (it swaps the generator), got scale {scale!r}")
     if REAL_ROW in r and not coverage and not has_real(row_config(REAL_ROW, scale, **kw)):
-        raise ValueError(f"rows: {REAL_ROW} needs a digits generator that records the real images it saw (real_subset in its json), "
-                         f"and {row_config(REAL_ROW, scale, **kw).digits_generator!r} does not; try --scale digits-k10")
-    return [dict(row=row, **row_config(row, scale, quick=quick, **{**kw, 'seed': seed}).to_dict()) for seed in s for row in r]
+        raise ValueError(f"rows: {REAL_ROW} needs a digits generator that records the real images it saw "
+                         "(real_subset in its json), "
+                         f"and {row_config(REAL_ROW, scale, **kw).digits_generator!r} does not; try --scale "
+                         "digits-k10")
+    return [dict(row=row, **row_config(row, scale, quick=quick, **{**kw, 'seed': seed}).to_dict())
+            for seed in s for row in r]
 
 # %% ../nbs/00_config.ipynb #13297ece
 def steps_per_epoch(cfg:DPConfig, n_real:int=0)->int:
-    "Optimizer steps in one epoch of `cfg`: every pool image once and `n_real` real training draws, in whole batches only under Mixup/CutMix (timm's Mixup needs even batches)."
+    "Optimizer steps in an epoch of the pool and `n_real` real draws; whole batches only under Mixup/CutMix."
     n = cfg.pool_size + n_real
     return n // cfg.batch_size if (cfg.mixup or cfg.cutmix) else math.ceil(n / cfg.batch_size)
 
@@ -375,9 +480,11 @@ def in_decay_phase(epoch:int,         # 0-based epoch
 # %% ../nbs/00_config.ipynb #9bdfbaec
 def process_batches(cfg:DPConfig,  # the run
                     world:int=1,   # number of processes
-                   )->tuple:       # (images per process per step, images per forward pass, forward passes per step)
-    "How one optimizer step of the global `batch_size` is shared: over `world` processes, then gradient accumulation."
-    if cfg.batch_size % world: raise ValueError(f"batch_size must be a multiple of the number of processes ({world}), got {cfg.batch_size}")
+                   )->tuple:       # (images per process per step, per forward pass, forward passes per step)
+    "How a step of the global `batch_size` is shared: over `world` processes, then gradient accumulation."
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size must be a multiple of the number of processes ({world}), got "
+                         f"{cfg.batch_size}")
     per_process = cfg.batch_size // world
     micro = min(cfg.device_batch_size or per_process, per_process)
     return per_process, micro, math.ceil(per_process / micro)
@@ -387,19 +494,23 @@ def process_batches(cfg:DPConfig,  # the run
 def pool_size_problem(cfg:DPConfig, n_classes:int)->str|None:
     "The problem with `cfg.pool_size` for a run of `n_classes` classes (fewer images than classes), or None."
     if cfg.pool_size < n_classes:
-        return f"pool_size is {cfg.pool_size} but the run has {n_classes} classes: every class needs an image; pass --pool-size {n_classes} or more"
+        return (f"pool_size is {cfg.pool_size} but the run has {n_classes} classes: every class needs an "
+                f"image; pass --pool-size {n_classes} or more")
 
 
 # %% ../nbs/00_config.ipynb #5a8cbbea
 @dataclass(frozen=True)
 class Sampling:
-    "How a generator draws images: guidance scales, DDIM steps, batch sizes and guidance options; checked on construction."
-    cfg_scale:float = 2.0                # classifier-free guidance scale, diffusers' convention (the paper's lambda + 1)
-    omega:float = 0.0                    # entropy-guidance weight in the units of `guidance_form` (0: plain CFG sampling)
+    "How a generator draws images: guidance scales, DDIM steps, batch sizes and guidance options; checked."
+    # classifier-free guidance scale, diffusers' convention (the paper's lambda + 1)
+    cfg_scale:float = 2.0
+    # entropy-guidance weight in the units of `guidance_form` (0: plain CFG sampling)
+    omega:float = 0.0
     n_steps:int = 20                     # DDIM steps
     batch_size:int|None = None           # images per generation batch (None: a chunk at once)
     guide_every:int = 1                  # apply the entropy gradient every `guide_every` DDIM steps
-    guidance_batch_size:int|None = None  # images per entropy-gradient micro-batch (None: the generation batch)
+    # images per entropy-gradient micro-batch (None: the generation batch)
+    guidance_batch_size:int|None = None
     guidance_form:str = 'eps'            # how omega enters a guided step (`GUIDANCE_FORMS`)
 
     def __post_init__(self):
@@ -408,13 +519,16 @@ class Sampling:
                       batch_size=(1, MAXIMA['gen_batch_size']), guide_every=(1, MAXIMA['guide_every']),
                       guidance_batch_size=(1, MAXIMA['guidance_batch_size']))
         for f in dataclasses.fields(self):
-            if f.name in ranges: object.__setattr__(self, f.name, check_value(f.name, getattr(self, f.name), f.type, *ranges[f.name]))
+            if f.name in ranges:
+                object.__setattr__(self, f.name,
+                                   check_value(f.name, getattr(self, f.name), f.type, *ranges[f.name]))
         if self.guidance_form not in GUIDANCE_FORMS:
             raise ValueError(f"guidance_form must be one of {GUIDANCE_FORMS}, got {self.guidance_form!r}")
 
     def sample_kw(self)->dict:
-        "The keyword arguments of `generator.sample` (the guidance options only where they differ from their defaults)."
-        kw = dict(cfg_scale=self.cfg_scale, omega=self.omega, n_steps=self.n_steps, batch_size=self.batch_size)
+        "The keyword arguments of `generator.sample` (guidance options only where not their defaults)."
+        kw = dict(cfg_scale=self.cfg_scale, omega=self.omega, n_steps=self.n_steps,
+                  batch_size=self.batch_size)
         offs = (('guide_every', 1), ('guidance_batch_size', None), ('guidance_form', 'eps'))
         return {**kw, **{k: getattr(self, k) for k, off in offs if getattr(self, k) != off}}
 
@@ -426,7 +540,8 @@ def initial_sampling(cfg:DPConfig)->Sampling:
 # %% ../nbs/00_config.ipynb #e9317c09
 def refresh_sampling(cfg:DPConfig)->Sampling:
     "How a refresh draws its replacements: `cfg_scale` and `omega` with feedback, and the guidance options."
-    return Sampling(cfg.cfg_scale, cfg.omega, cfg.n_steps, cfg.gen_batch_size, cfg.guide_every, cfg.guidance_batch_size, cfg.guidance_form)
+    return Sampling(cfg.cfg_scale, cfg.omega, cfg.n_steps, cfg.gen_batch_size, cfg.guide_every,
+                    cfg.guidance_batch_size, cfg.guidance_form)
 
 # %% ../nbs/00_config.ipynb #51bb8f89
 def _number(v):
@@ -438,7 +553,7 @@ def _number(v):
 
 # %% ../nbs/00_config.ipynb #afb124bd
 def config_from_file(path)->dict:
-    "The `DPConfig` fields in the JSON (or YAML) file `path`: a `{field: value}` object, or a `final.json`/`result.json` holding one as `config`."
+    "The `DPConfig` fields in the JSON (or YAML) file `path`: `{field: value}`, or a run's final/result json."
     path = Path(path)
     try: text = path.read_text()
     except OSError as e: raise ValueError(f"config file {path} cannot be read ({e.strerror or e})") from None
@@ -447,10 +562,17 @@ def config_from_file(path)->dict:
             import yaml
             d = yaml.safe_load(text)
         else: d = json.loads(text)
-    except Exception as e: raise ValueError(f"config file {path} is not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        raise ValueError(f"config file {path} is not valid "
+                         f"{'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: "
+                         f"{str(e).splitlines()[0]}") from None
     if isinstance(d, dict) and isinstance(d.get('config'), dict): d = d['config']
-    if not isinstance(d, dict): raise ValueError(f"config file {path} must hold an object of DPConfig fields, got {type(d).__name__}")
+    if not isinstance(d, dict):
+        raise ValueError(f"config file {path} must hold an object of DPConfig fields, got {type(d).__name__}")
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(DPConfig)})
-    if unknown: raise ValueError(f"config file {path}: {', '.join(unknown)} {'is not a DPConfig field' if len(unknown) == 1 else 'are not DPConfig fields'}")
+    if unknown:
+        raise ValueError(f"config file {path}: {', '.join(unknown)} "
+                         f"{'is not a DPConfig field' if len(unknown) == 1 else 'are not DPConfig fields'}")
     floats = {f.name for f in dataclasses.fields(DPConfig) if f.type in (float, float | None)}
-    return {k: _number(v) if k in floats else v for k, v in d.items()}   # YAML 1.1 reads 1e-3 as a string (it wants 1.0e-3)
+    # YAML 1.1 reads 1e-3 as a string (it wants 1.0e-3)
+    return {k: _number(v) if k in floats else v for k, v in d.items()}

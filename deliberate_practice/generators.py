@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from .ddim import alpha_bars
 from .guidance import GuidanceStats, guided_ddim_sample
 from .data import dataset_entry, check_labels
-from .config import DPConfig, DIGITS_WEIGHTS, digits_weights
+from .config import DPConfig, DIGITS_WEIGHTS, digits_weights, Sampling
 
 # %% ../nbs/05_generators.ipynb #7835d1f7
 @runtime_checkable
@@ -38,7 +38,8 @@ class Generator(Protocol):
     image_shape:tuple    # (C, H, W) of the images `sample` returns
     @property
     def n_classes(self)->int: ...
-    def sample(self, labels, cfg_scale:float=2.0, omega:float=0.0, classifier=None, n_steps:int=20, seed:int=0, batch_size:int=None,
+    def sample(self, labels, cfg_scale:float=Sampling.cfg_scale, omega:float=Sampling.omega, classifier=None, n_steps:int=Sampling.n_steps,
+               seed:int=0, batch_size:int=None,
                progress=False, return_stats:bool=False, **guidance_kw): ...
 
 # %% ../nbs/05_generators.ipynb #d1a77b39
@@ -47,9 +48,9 @@ def initial_noise(n:int,          # number of images
                   seed:int=0,     # the call's seed
                   first:int=0,    # index of the first image (a slice of a larger call has the same noise)
                  )->Tensor:       # float32 (n, *shape) standard normal noise, on the CPU
-    "Starting noise $x_T$ for images `first..first+n-1`, image $i$ from its own generator seeded `seed * 1_000_003 + i`."
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i)) for i in range(first, first + n)]) \
-        if n else torch.empty(0, *shape)
+    "Noise $x_T$ of images `first..first+n-1`, image $i$ from a generator seeded `seed * 1_000_003 + i`."
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+                        for i in range(first, first + n)]) if n else torch.empty(0, *shape)
 
 # %% ../nbs/05_generators.ipynb #cac48b00
 def _merge_stats(parts):
@@ -68,43 +69,49 @@ def _decode_chunks(decode, x0:Tensor, batch_size:int=None)->Tensor:
 # %% ../nbs/05_generators.ipynb #7f19c67a
 class DiffusionGenerator:
     "Base class: the `.sample` contract over a model that subclasses supply (`denoiser`, `decode`)."
-    sampler_kw = {}            # spacing, steps_offset, prediction_type, final_alpha_bar of the model's schedule
+    # spacing, steps_offset, prediction_type, final_alpha_bar of the model's schedule
+    sampler_kw = {}
     @property
     def n_classes(self)->int: return len(self.class_names)
     def denoiser_at(self, labels:Tensor, index:Tensor):
-        "The denoiser of images `index` of a call (as `initial_noise` counts them); by default `denoiser(labels)`."
+        "The denoiser of images `index` of a call (`initial_noise`'s count); default `denoiser(labels)`."
         return self.denoiser(labels)
     def guidance_view(self, x0_hat:Tensor)->Tensor:
         "The classifier input the entropy gradient goes through (differentiable); by default `decode`."
         return self.decode(x0_hat)
-    def sample(self, labels,                  # class index per image
-               cfg_scale:float=2.0,           # classifier-free guidance scale lambda
-               omega:float=0.0,               # entropy-guidance weight (0: plain CFG sampling)
-               classifier=None,               # classifier whose entropy is raised; needed when omega > 0
-               n_steps:int=20,                # DDIM steps
-               seed:int=0,                    # image i starts from noise seeded seed * 1_000_003 + i
-               batch_size:int=None,           # images per forward pass (None: all at once)
-               progress=False,                # True: a fastprogress bar; a function: called with the number of images after each batch
-               return_stats:bool=False,       # also return the merged `GuidanceStats`
-               first_index:int=0,             # index of labels[0] in a larger call: these images are that call's images first_index, ...
-               **guidance_kw,                 # passed to `guided_ddim_sample` (guide_every, guidance_batch_size, eta, grad_through_denoiser, ...)
-              ):                              # float32 images in [0, 1], (B, *image_shape), on the CPU
+    def sample(self, labels,                       # class index per image
+               cfg_scale:float=Sampling.cfg_scale, # classifier-free guidance scale lambda
+               omega:float=Sampling.omega,         # entropy-guidance weight (0: plain CFG sampling)
+               classifier=None,                    # classifier whose entropy is raised; needed when omega > 0
+               n_steps:int=Sampling.n_steps,       # DDIM steps
+               seed:int=0,                         # image i starts from noise seeded seed * 1_000_003 + i
+               batch_size:int=None,                # images per forward pass (None: all at once)
+               progress=False,                     # True: a fastprogress bar; a function: called per batch
+               return_stats:bool=False,            # also return the merged `GuidanceStats`
+               first_index:int=0,                  # index of labels[0] in a larger call
+               **guidance_kw,                      # passed to `guided_ddim_sample` (guide_every, eta, ...)
+              ):                                   # float32 images in [0, 1], (B, *image_shape), on the CPU
         "Generate one image per label with guided DDIM (eq. 5)."
         labels = check_labels(labels, self.n_classes)
         if batch_size is None: batch_size = max(len(labels), 1)
-        if int(batch_size) != batch_size or batch_size < 1: raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         x_T = initial_noise(len(labels), self.latent_shape, seed, first_index)
         kw = {**self.sampler_kw, 'generator': torch.Generator().manual_seed(seed), **guidance_kw}
         starts = range(0, len(labels), int(batch_size))
         imgs, parts, bars = [torch.empty(0, *self.image_shape)], [], progress is True
         for s in (progress_bar(starts, leave=False) if bars and len(starts) > 1 else starts):
             lab = labels[s:s + batch_size].to(self.device)
-            idx = torch.arange(first_index + s, first_index + s + len(lab))        # the images' indices in the call
-            rows = lambda r, lab=lab, idx=idx: self.denoiser_at(lab[r], idx[r])     # the denoiser of some rows: through-denoiser micro-batches
-            x0, st = guided_ddim_sample(self.denoiser_at(lab, idx), x_T[s:s + batch_size].to(self.device), self.alpha_bar, n_steps,
-                                        cfg_scale, omega, classifier, self.guidance_view, progress=bars and len(starts) == 1,
+            # the images' indices in the call
+            idx = torch.arange(first_index + s, first_index + s + len(lab))
+            # the denoiser of some rows: through-denoiser micro-batches
+            rows = lambda r, lab=lab, idx=idx: self.denoiser_at(lab[r], idx[r])
+            x0, st = guided_ddim_sample(self.denoiser_at(lab, idx), x_T[s:s + batch_size].to(self.device),
+                                        self.alpha_bar, n_steps, cfg_scale, omega, classifier,
+                                        self.guidance_view, progress=bars and len(starts) == 1,
                                         denoise_rows=rows, **kw)
-            with torch.no_grad(): imgs.append(_decode_chunks(self.decode, x0, guidance_kw.get('guidance_batch_size')))
+            with torch.no_grad():
+                imgs.append(_decode_chunks(self.decode, x0, guidance_kw.get('guidance_batch_size')))
             parts.append((st, len(lab)))
             if callable(progress): progress(len(lab))
         images = torch.cat(imgs)
@@ -112,10 +119,14 @@ class DiffusionGenerator:
 
 # %% ../nbs/05_generators.ipynb #40f17e72
 NULL_LABEL = 10
-DIGITS_SCHEDULE = dict(n_train_steps=1000, schedule='squaredcos_cap_v2')   # the digits UNet's noise schedule (the digits calibration run made before this package): `alpha_bars(**DIGITS_SCHEDULE)`
-DIGITS_UNET_CONFIG = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64, 64),
+# the digits UNet's noise schedule (the digits calibration run made before this package):
+# `alpha_bars(**DIGITS_SCHEDULE)`
+DIGITS_SCHEDULE = dict(n_train_steps=1000, schedule='squaredcos_cap_v2')
+DIGITS_UNET_CONFIG = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                          block_out_channels=(32, 64, 64),
                           down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                          up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), num_class_embeds=11, norm_num_groups=32)
+                          up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), num_class_embeds=11,
+                          norm_num_groups=32)
 
 # %% ../nbs/05_generators.ipynb #c556c53b
 def _seeded(seed, make):
@@ -131,25 +142,28 @@ def digits_unet(seed:int=0, # seed of the random initial weights
     return _seeded(seed, lambda: UNet2DModel(**DIGITS_UNET_CONFIG))
 
 # %% ../nbs/05_generators.ipynb #2c9417ed
-DIGITS_TRAINING = dict(n_steps=1500, lr=2e-3, warmup=200, batch_size=128, p_uncond=0.1, ema_decay=0.995, seed=0)
+DIGITS_TRAINING = dict(n_steps=1500, lr=2e-3, warmup=200, batch_size=128, p_uncond=0.1, ema_decay=0.995,
+                       seed=0)
 
 # %% ../nbs/05_generators.ipynb #bd22c24c
-def train_digits_generator(x:Tensor,                # (N, 1, 8, 8) real digits in [0, 1] (the `gen` split)
-                           y:Tensor,                # (N,) int64 labels 0..9
-                           n_steps:int=1500,        # optimiser steps
-                           lr:float=2e-3,           # AdamW peak learning rate
-                           warmup:int=200,          # linear warm-up steps, then cosine decay
-                           batch_size:int=128,      # images per step
-                           p_uncond:float=0.1,      # label dropout: fraction trained with NULL_LABEL
-                           ema_decay:float=0.995,   # EMA decay of the returned weights
-                           seed:int=0,              # seeds the initial weights and every batch, timestep and noise draw
-                           progress:bool=True,      # show a fastprogress bar
-                          )->UNet2DModel:           # the EMA UNet, in eval mode
+def train_digits_generator(x:Tensor,               # (N, 1, 8, 8) real digits in [0, 1] (the `gen` split)
+                           y:Tensor,               # (N,) int64 labels 0..9
+                           n_steps:int=1500,       # optimiser steps
+                           lr:float=2e-3,          # AdamW peak learning rate
+                           warmup:int=200,         # linear warm-up steps, then cosine decay
+                           batch_size:int=128,     # images per step
+                           p_uncond:float=0.1,     # label dropout: fraction trained with NULL_LABEL
+                           ema_decay:float=0.995,  # EMA decay of the returned weights
+                           seed:int=0,             # seeds the weights and every batch, timestep and noise
+                           progress:bool=True,     # show a fastprogress bar
+                          )->UNet2DModel:          # the EMA UNet, in eval mode
     "Train the digits UNet with the $\\epsilon$ objective and label dropout; return its EMA weights."
-    if x.ndim != 4 or x.shape[1:] != (1, 8, 8): raise ValueError(f"x must have shape (N, 1, 8, 8), got {tuple(x.shape)}")
+    if x.ndim != 4 or x.shape[1:] != (1, 8, 8):
+        raise ValueError(f"x must have shape (N, 1, 8, 8), got {tuple(x.shape)}")
     if len(y) != len(x): raise ValueError(f"y must have one label per image ({len(x)}), got {len(y)}")
     if not 0 <= p_uncond < 1: raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond}")
-    g, unet, ab = torch.Generator().manual_seed(seed), digits_unet(seed).train(), alpha_bars(**DIGITS_SCHEDULE)
+    g, unet, ab = (torch.Generator().manual_seed(seed), digits_unet(seed).train(),
+                   alpha_bars(**DIGITS_SCHEDULE))
     ema = EMAModel(unet.parameters(), decay=ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr)
     sched = get_cosine_schedule_with_warmup(opt, warmup, n_steps)
@@ -160,22 +174,26 @@ def train_digits_generator(x:Tensor,                # (N, 1, 8, 8) real digits i
         t, eps = torch.randint(0, len(ab), (batch_size,), generator=g), torch.randn(x0.shape, generator=g)
         a = ab[t].view(-1, 1, 1, 1)
         loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t, class_labels=c).sample, eps)
-        opt.zero_grad(); loss.backward()
+        opt.zero_grad()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step(); sched.step(); ema.step(unet.parameters())
+        opt.step()
+        sched.step()
+        ema.step(unet.parameters())
     ema.copy_to(unet.parameters())
     return unet.eval()
 
 # %% ../nbs/05_generators.ipynb #a281f278
-def save_digits_unet(unet:UNet2DModel,       # the trained (EMA) UNet
-                     path=None,              # file stem (no suffix); None: the package's shipped weights
-                     training:dict=None,     # the settings it was trained with (e.g. `DIGITS_TRAINING`)
-                     **extra,                # anything else worth recording (wall time, measured class consistency)
-                    )->Path:                 # the stem written
+def save_digits_unet(unet:UNet2DModel,    # the trained (EMA) UNet
+                     path=None,           # file stem (no suffix); None: the package's shipped weights
+                     training:dict=None,  # the settings it was trained with (e.g. `DIGITS_TRAINING`)
+                     **extra,             # anything else to record (wall time, class consistency)
+                    )->Path:              # the stem written
     "Write `<path>.safetensors` (weights) and `<path>.json` (UNet config, schedule, training settings)."
     path = Path(path) if path is not None else digits_weights()
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(path.with_suffix('.safetensors')))
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()},
+              str(path.with_suffix('.safetensors')))
     meta = dict(unet=json.loads(unet.to_json_string()), schedule=dict(DIGITS_SCHEDULE,
                 prediction_type='epsilon', null_label=NULL_LABEL), training=training or {}, **extra)
     path.with_suffix('.json').write_text(json.dumps(meta, indent=1))
@@ -192,7 +210,8 @@ class DigitsGenerator(DiffusionGenerator):
                 ):
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(10)]
         if not 0 <= null_label < unet.config.num_class_embeds or null_label < self.n_classes:
-            raise ValueError(f"null_label must be an extra class embedding (>= {self.n_classes}), got {null_label}")
+            raise ValueError(f"null_label must be an extra class embedding (>= {self.n_classes}), got "
+                             f"{null_label}")
         self.device = torch.device(device) if device is not None else unet.device
         self.unet = unet.to(self.device).eval().requires_grad_(False)
         self.alpha_bar = alpha_bar if alpha_bar is not None else alpha_bars(**DIGITS_SCHEDULE)
@@ -214,78 +233,96 @@ def load_digits_generator(device=None,   # where to run it (None: CPU)
     path = Path(path) if path is not None else digits_weights()
     w, cfg = path.with_suffix('.safetensors'), path.with_suffix('.json')
     if not (w.exists() and cfg.exists()):
-        raise FileNotFoundError(f"digits generator weights not found at {w} / {cfg}. Re-make them with: x, y = digits_splits(seed=0)['gen']; "
-                                "save_digits_unet(train_digits_generator(x, y, **DIGITS_TRAINING), path, training=DIGITS_TRAINING) "
+        raise FileNotFoundError(f"digits generator weights not found at {w} / {cfg}. Re-make them with: x, y "
+                                "= digits_splits(seed=0)['gen']; "
+                                "save_digits_unet(train_digits_generator(x, y, **DIGITS_TRAINING), path, "
+                                "training=DIGITS_TRAINING) "
                                 "(see nbs/05_generators.ipynb; a few minutes on CPU)")
     meta = json.loads(cfg.read_text())
     unet = UNet2DModel.from_config(meta['unet'])
     unet.load_state_dict(load_file(str(w)))
     s = meta['schedule']
-    return DigitsGenerator(unet, alpha_bars(s['n_train_steps'], s['schedule']), null_label=s['null_label'], device=device)
+    return DigitsGenerator(unet, alpha_bars(s['n_train_steps'], s['schedule']), null_label=s['null_label'],
+                           device=device)
 
 # %% ../nbs/05_generators.ipynb #045fc536
 def _device_and_dtype(device=None, dtype=None)->tuple:
-    "(device, dtype) with the defaults of Stable Diffusion: CUDA if available, float16 on GPU and float32 on CPU."
+    "(device, dtype) with SD's defaults: CUDA if available, float16 on GPU and float32 on CPU."
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     return device, dtype or (torch.float16 if device.type == 'cuda' else torch.float32)
 
 # %% ../nbs/05_generators.ipynb #cf1cc043
 def _guidance_decoder(decoder, device, dtype, latent_channels:int):
-    "An `AutoencoderTiny` from a module or a local folder, frozen in eval mode on `device` in `dtype` (None stays None)."
+    "An `AutoencoderTiny` (module or local folder), frozen, on `device` in `dtype`; None stays None."
     if decoder is None: return None
     if isinstance(decoder, (str, Path)):
         p = Path(decoder).expanduser()
         if not (p / 'config.json').is_file():
-            raise FileNotFoundError(f"guidance_decoder: no AutoencoderTiny folder at {p} (config.json missing), and nothing is downloaded. Fetch TAESD "
-                                    "once where there is a network, e.g. `hf download madebyollin/taesd --local-dir DIR`, then pass DIR; "
+            raise FileNotFoundError(f"guidance_decoder: no AutoencoderTiny folder at {p} (config.json "
+                                    "missing), and nothing is downloaded. Fetch TAESD "
+                                    "once where there is a network, e.g. `hf download madebyollin/taesd "
+                                    "--local-dir DIR`, then pass DIR; "
                                     "or pass guidance_decoder=None to guide through the SD VAE.")
         decoder = AutoencoderTiny.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
     if not isinstance(decoder, AutoencoderTiny):
-        raise ValueError(f"guidance_decoder must be a diffusers AutoencoderTiny or a local folder holding one, got {type(decoder).__name__}")
+        raise ValueError("guidance_decoder must be a diffusers AutoencoderTiny or a local folder holding "
+                         f"one, got {type(decoder).__name__}")
     if decoder.config.latent_channels != latent_channels:
-        raise ValueError(f"guidance_decoder has {decoder.config.latent_channels} latent channels, the UNet {latent_channels}")
-    return (decoder.to(device) if decoder.dtype == dtype else decoder.to(device, dtype)).eval().requires_grad_(False)
+        raise ValueError(f"guidance_decoder has {decoder.config.latent_channels} latent channels, the UNet "
+                         f"{latent_channels}")
+    return (decoder.to(device) if decoder.dtype == dtype
+            else decoder.to(device, dtype)).eval().requires_grad_(False)
 
 # %% ../nbs/05_generators.ipynb #b2e8c0bc
 def prompt_table(prompts:list, # per class a prompt or a list of prompts
                 )->tuple:      # (distinct prompts in order of first use, per class the list of their rows)
     "The distinct prompts to encode once, and each class's rows among them."
     distinct, rows = {}, []
-    for p in prompts: rows.append([distinct.setdefault(q, len(distinct)) for q in ([p] if isinstance(p, str) else p)])
+    for p in prompts:
+        rows.append([distinct.setdefault(q, len(distinct)) for q in ([p] if isinstance(p, str) else p)])
     return list(distinct), rows
 
 
 # %% ../nbs/05_generators.ipynb #4405efb0
 class StableDiffusionGenerator(DiffusionGenerator):
-    "Class-conditional sampling from a text-to-image latent diffusion model (Stable Diffusion), one prompt (or a list) per class."
+    "Class-conditional sampling from Stable Diffusion, one prompt (or a list) per class."
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler,  # diffusers/transformers components
                  class_names:list,                      # one name per class
-                 prompt_template:str="a photo of a {name}", # the prompt of a class: `{name}` (or `{}`) is its name
-                 prompts:list=None,                     # per class a prompt or a list of prompts used in turn (not `prompt_template`)
+                 prompt_template:str="a photo of a {name}", # a class's prompt: `{name}` (or `{}`) is its name
+                 prompts:list=None,                     # per class a prompt, or a list used in turn
                  negative_prompt:str="",                # the unconditional prompt of classifier-free guidance
-                 image_size:int=None,                   # generated image side (None: the UNet's native size, 512 for SD 1.5)
-                 classifier_size=None,                  # int or (h, w): decoded images are resized to it, for guidance and in the output (None: no resize)
+                 image_size:int=None,                   # generated side (None: the UNet's, 512 for SD 1.5)
+                 classifier_size=None,                  # int or (h, w): decoded images' size (None: as made)
                  dtype=None,                            # None: float16 on GPU, float32 on CPU
                  device=None,                           # None: CUDA if available, else CPU
-                 attention_slicing=None,                # `set_attention_slice` value ('auto', 'max', int), with VAE slicing (None: untouched, PyTorch 2 SDPA)
-                 gradient_checkpointing:bool=False,     # checkpoint the guidance view's decoder: less memory, one more decoder forward per guided step
-                 guidance_decoder=None,                 # `AutoencoderTiny` (TAESD) or its local folder, for the guidance view only (None: the VAE)
+                 attention_slicing=None,                # `set_attention_slice` value (None: SDPA)
+                 gradient_checkpointing:bool=False,     # checkpoint the guidance view's decoder (less memory)
+                 guidance_decoder=None,                 # TAESD for the guidance view (None: VAE)
                 ):
         if not class_names: raise ValueError(f"class_names must be a non-empty list, got {class_names!r}")
-        if prompts is not None and len(prompts) != len(class_names): raise ValueError(f"prompts must hold one prompt per class ({len(class_names)}), got {len(prompts)}")
+        if prompts is not None and len(prompts) != len(class_names):
+            raise ValueError(f"prompts must hold one prompt per class ({len(class_names)}), got "
+                             f"{len(prompts)}")
         for c, p in enumerate(prompts or []):
-            if not (isinstance(p, str) or isinstance(p, (list, tuple)) and p and all(isinstance(q, str) for q in p)):
+            if not (isinstance(p, str)
+                    or isinstance(p, (list, tuple)) and p and all(isinstance(q, str) for q in p)):
                 raise ValueError(f"prompts[{c}] must be a prompt or a non-empty list of prompts, got {p!r}")
         c = scheduler.config
-        if c.get('clip_sample') or c.get('thresholding'): raise ValueError("scheduler: clip_sample/thresholding are not supported by guided_ddim_sample; set them to False")
+        if c.get('clip_sample') or c.get('thresholding'):
+            raise ValueError("scheduler: clip_sample/thresholding are not supported by guided_ddim_sample; "
+                             "set them to False")
         self.device, self.dtype = _device_and_dtype(device, dtype)
-        self.unet, self.vae, self.text_encoder = [(m.to(self.device) if m.dtype == self.dtype else m.to(self.device, self.dtype)).eval().requires_grad_(False)
-                                                  for m in (unet, vae, text_encoder)]
+        self.unet, self.vae, self.text_encoder = [
+            (m.to(self.device) if m.dtype == self.dtype else m.to(self.device, self.dtype))
+            .eval().requires_grad_(False) for m in (unet, vae, text_encoder)]
         self.tokenizer, self.scheduler, self.class_names = tokenizer, scheduler, list(class_names)
         self.prompts = [p if isinstance(p, str) else list(p) for p in prompts] if prompts is not None else \
                        [prompt_template.format(n, name=n) for n in self.class_names]
-        self.guidance_decoder = _guidance_decoder(guidance_decoder, self.device, self.dtype, unet.config.in_channels)
-        if attention_slicing is not None: self.unet.set_attention_slice(attention_slicing); self.vae.enable_slicing()
+        self.guidance_decoder = _guidance_decoder(guidance_decoder, self.device, self.dtype,
+                                                  unet.config.in_channels)
+        if attention_slicing is not None:
+            self.unet.set_attention_slice(attention_slicing)
+            self.vae.enable_slicing()
         if gradient_checkpointing: (self.guidance_decoder or self.vae).enable_gradient_checkpointing()
         f = 2 ** (len(vae.config.block_out_channels) - 1)        # VAE downsampling factor (8 for SD)
         image_size = image_size or unet.config.sample_size * f
@@ -293,48 +330,57 @@ class StableDiffusionGenerator(DiffusionGenerator):
         if isinstance(classifier_size, int): classifier_size = (classifier_size, classifier_size)
         if classifier_size is not None and (len(classifier_size) != 2 or min(classifier_size) < 1):
             raise ValueError(f"classifier_size must be a positive int or (h, w), got {classifier_size!r}")
-        self.generation_size, self.classifier_size = image_size, classifier_size and tuple(int(s) for s in classifier_size)
+        self.generation_size, self.classifier_size = (
+            image_size, classifier_size and tuple(int(s) for s in classifier_size))
         self.image_shape = (3, *(self.classifier_size or (image_size, image_size)))
         self.latent_shape = (unet.config.in_channels, image_size // f, image_size // f)
         self.alpha_bar = scheduler.alphas_cumprod.float()
-        self.sampler_kw = dict(spacing=c.timestep_spacing, steps_offset=c.steps_offset, prediction_type=c.prediction_type,
+        self.sampler_kw = dict(spacing=c.timestep_spacing, steps_offset=c.steps_offset,
+                               prediction_type=c.prediction_type,
                                final_alpha_bar=1.0 if c.set_alpha_to_one else self.alpha_bar[0].item())
         self.negative_prompt = negative_prompt
-        self.encode_all_prompts()                                # cond_emb (one row per distinct prompt), uncond_emb
+        # cond_emb (one row per distinct prompt), uncond_emb
+        self.encode_all_prompts()
 
 # %% ../nbs/05_generators.ipynb #3770a742
 @patch
 @torch.no_grad()
 def encode_prompts(self:StableDiffusionGenerator, prompts:list)->Tensor:
     "Text embeddings (P, L, D) of `prompts`, as the UNet's `encoder_hidden_states`."
-    prompts = TextualInversionLoaderMixin().maybe_convert_prompt(list(prompts), self.tokenizer)   # a multi-vector embedding's token: all its tokens
-    ids = self.tokenizer(prompts, padding='max_length', max_length=self.tokenizer.model_max_length, truncation=True,
+    # a multi-vector embedding's token: all its tokens
+    prompts = TextualInversionLoaderMixin().maybe_convert_prompt(list(prompts), self.tokenizer)
+    ids = self.tokenizer(prompts, padding='max_length', max_length=self.tokenizer.model_max_length,
+                         truncation=True,
                          return_tensors='pt').input_ids
     return self.text_encoder(ids.to(self.device))[0]
 
 # %% ../nbs/05_generators.ipynb #deb516ce
 @patch
 def encode_all_prompts(self:StableDiffusionGenerator):
-    "Encode the class prompts (each distinct one once) into `cond_emb` and the negative prompt into `uncond_emb`: when built, and after an adapter changed the text encoder."
+    "Encode each distinct class prompt into `cond_emb`, the negative prompt into `uncond_emb`."
     distinct, self.prompt_rows = prompt_table(self.prompts)
-    self.cond_emb, self.uncond_emb = self.encode_prompts(distinct), self.encode_prompts([self.negative_prompt])
+    self.cond_emb, self.uncond_emb = (self.encode_prompts(distinct),
+                                      self.encode_prompts([self.negative_prompt]))
 
 # %% ../nbs/05_generators.ipynb #d94ecd02
 @patch
 def denoiser(self:StableDiffusionGenerator, labels:Tensor,
-             index:Tensor=None): # the images' indices in the call, which pick each one's prompt (None: 0, 1, ...)
-    "fn(z_t, t) -> (out_uncond, out_cond): one UNet pass of [z_t, z_t] with [empty prompt, class prompts], in float32."
+             index:Tensor=None): # the images' indices in the call, picking prompts (None: 0, 1, ...)
+    "fn(z_t, t) -> (out_uncond, out_cond): one float32 UNet pass of [z_t, z_t] with [empty, class prompts]."
     index = torch.arange(len(labels)) if index is None else index
     pr = self.prompt_rows
-    rows = torch.tensor([pr[c][k % len(pr[c])] for c, k in zip(labels.tolist(), index.tolist())], dtype=torch.long)
+    rows = torch.tensor([pr[c][k % len(pr[c])] for c, k in zip(labels.tolist(), index.tolist())],
+                        dtype=torch.long)
     rows = rows.to(self.cond_emb.device)
-    emb = lambda: torch.cat([self.uncond_emb.expand(len(rows), -1, -1), self.cond_emb[rows]])   # per pass: none kept between
-    return lambda z, t: self.unet(torch.cat([z, z]).to(self.dtype), t, encoder_hidden_states=emb()).sample.float().chunk(2)
+    # per pass: none kept between
+    emb = lambda: torch.cat([self.uncond_emb.expand(len(rows), -1, -1), self.cond_emb[rows]])
+    return lambda z, t: self.unet(torch.cat([z, z]).to(self.dtype), t,
+                                  encoder_hidden_states=emb()).sample.float().chunk(2)
 
 # %% ../nbs/05_generators.ipynb #a6360335
 @patch
 def _to_images(self:StableDiffusionGenerator, decoded:Tensor)->Tensor:
-    "A decoder's output in $[-1, 1]$ as float32 images in $[0, 1]$ of `image_shape` (resized when `classifier_size` asks; differentiable)."
+    "A decoder's output in $[-1, 1]$ as float32 images in $[0, 1]$ of `image_shape` (differentiable)."
     img = ((decoded.float() + 1) / 2).clamp(0, 1)
     if tuple(img.shape[-2:]) == self.image_shape[1:]: return img
     return F.interpolate(img, size=self.image_shape[1:], mode='bilinear', antialias=True, align_corners=False)
@@ -349,20 +395,21 @@ def denoiser_at(self:StableDiffusionGenerator, labels:Tensor, index:Tensor):
 # %% ../nbs/05_generators.ipynb #8cefe8bd
 @patch
 def decode(self:StableDiffusionGenerator, z0_hat:Tensor)->Tensor:
-    "The classifier's view of a denoised latent: VAE decode of $\\hat z_0 / s$, [0, 1], resized to `classifier_size` (differentiable)."
+    "The classifier's view of a latent: VAE decode of $\\hat z_0 / s$ in [0, 1], resized."
     return self._to_images(self.vae.decode((z0_hat / self.vae.config.scaling_factor).to(self.dtype)).sample)
 
 # %% ../nbs/05_generators.ipynb #3705274f
 @patch
 def guidance_view(self:StableDiffusionGenerator, z0_hat:Tensor)->Tensor:
-    "The view the entropy gradient goes through: `decode`, or the small `guidance_decoder` (it takes SD's scaled latents: its scaling_factor is 1)."
+    "The view the entropy gradient goes through: `decode`, or the small `guidance_decoder`."
     d = self.guidance_decoder
     if d is None: return self.decode(z0_hat)
     return self._to_images(d.decode((z0_hat / d.config.scaling_factor).to(self.dtype)).sample)
 
 # %% ../nbs/05_generators.ipynb #4c96a603
 SD_SUBFOLDERS = ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler')
-SD_CONFIGS = dict(unet='config.json', vae='config.json', text_encoder='config.json', scheduler='scheduler_config.json', tokenizer='tokenizer_config.json')
+SD_CONFIGS = dict(unet='config.json', vae='config.json', text_encoder='config.json',
+                  scheduler='scheduler_config.json', tokenizer='tokenizer_config.json')
 DRIVEN = 'an SD-1.x or SD-2.x text-to-image folder (unet/, vae/, one CLIP text_encoder/)'
 
 # %% ../nbs/05_generators.ipynb #67360550
@@ -373,30 +420,36 @@ def _pipeline_name(p:Path)->str|None:
 
 # %% ../nbs/05_generators.ipynb #f13893d4
 def unsupported_sd(path, configs:dict)->str|None:
-    "Why the package cannot drive the diffusers folder `path` (SDXL, a DiT, a UNet with other inputs), or None; `configs`: its components' configs."
+    "Why the package cannot drive the folder `path` with components' `configs` (SDXL, a DiT...), or None."
     p, name = Path(path), _pipeline_name(Path(path))
     if (p / 'text_encoder_2').is_dir() or 'XL' in (name or ''):
-        return f"{p} is a Stable Diffusion XL folder ({name or 'text_encoder_2/'}: two text encoders and size conditioning), which the package cannot drive: use {DRIVEN}"
+        return (f"{p} is a Stable Diffusion XL folder ({name or 'text_encoder_2/'}: two text encoders and "
+                f"size conditioning), which the package cannot drive: use {DRIVEN}")
     if (p / 'transformer').is_dir() and not (p / 'unet').is_dir():
-        return f"{p} holds a transformer/ denoiser ({name or 'a DiT such as SD3 or Flux'}), which the package cannot drive: use {DRIVEN}"
+        return (f"{p} holds a transformer/ denoiser ({name or 'a DiT such as SD3 or Flux'}), which the "
+                f"package cannot drive: use {DRIVEN}")
     u, v = configs.get('unet') or {}, configs.get('vae') or {}
     if u.get('addition_embed_type'):
-        return f"{p}: its UNet takes extra conditioning (addition_embed_type {u['addition_embed_type']!r}), which the package cannot drive: use {DRIVEN}"
+        return (f"{p}: its UNet takes extra conditioning (addition_embed_type {u['addition_embed_type']!r}), "
+                f"which the package cannot drive: use {DRIVEN}")
     if u and v and u.get('in_channels') != v.get('latent_channels'):
-        return (f"{p}: its UNet takes {u.get('in_channels')} input channels and its VAE makes {v.get('latent_channels')}-channel latents (an inpainting, "
+        return (f"{p}: its UNet takes {u.get('in_channels')} input channels and its VAE makes "
+                f"{v.get('latent_channels')}-channel latents (an inpainting, "
                 f"depth or upscaling model), which the package cannot drive: use {DRIVEN}")
 
 # %% ../nbs/05_generators.ipynb #4e1a7a1f
 SD_WEIGHTS = dict(unet=('diffusion_pytorch_model',) * 2, vae=('diffusion_pytorch_model',) * 2,
-                  text_encoder=('model', 'pytorch_model'))   # the components with weights: their file stems (safetensors, .bin)
+                  # the components with weights: their file stems (safetensors, .bin)
+                  text_encoder=('model', 'pytorch_model'))
 
 def weight_names(comp:str,          # 'unet', 'vae' or 'text_encoder'
                  variant:str=None,  # a weight variant such as 'fp16' (None: the plain files)
                 )->list:            # safetensors, its shard index, .bin, its shard index
-    "The weight files diffusers (transformers for the text encoder) looks for in `comp/`, in its order of preference."
+    "The weight files diffusers (transformers for the text encoder) looks for in `comp/`, in order."
     add = lambda n: n if variant is None else '.'.join(n.split('.')[:-1] + [variant, n.split('.')[-1]])
     st, pt = SD_WEIGHTS[comp]
-    return [add(n) for n in (f'{st}.safetensors', f'{st}.safetensors.index.json', f'{pt}.bin', f'{pt}.bin.index.json')]
+    return [add(n) for n in (f'{st}.safetensors', f'{st}.safetensors.index.json', f'{pt}.bin',
+                             f'{pt}.bin.index.json')]
 
 def _weight_file(path:Path, comp:str, variant:str=None)->str|None:
     "The first of `weight_names(comp, variant)` present in `path/comp/`, relative to `path` (None: none is)."
@@ -405,14 +458,15 @@ def _weight_file(path:Path, comp:str, variant:str=None)->str|None:
 # %% ../nbs/05_generators.ipynb #52b3d6e8
 def sd_weights(path,              # a diffusers Stable Diffusion folder
                variant:str=None,  # a weight variant such as 'fp16' (None: the plain files)
-              )->dict:            # {component: its weight file relative to `path`, or None}, for each component folder present
-    "The weight file each of unet/, vae/, text_encoder/ loads: with `variant`, its variant file where it has one, else its plain one (diffusers' rule)."
+              )->dict:            # {component folder: its weight file relative to `path`, or None}
+    "The weight file each of unet/, vae/, text_encoder/ loads: the `variant` one if any, else the plain one."
     path = Path(path)
-    return {c: (variant and _weight_file(path, c, variant)) or _weight_file(path, c) for c in SD_WEIGHTS if (path / c).is_dir()}
+    return {c: (variant and _weight_file(path, c, variant)) or _weight_file(path, c)
+            for c in SD_WEIGHTS if (path / c).is_dir()}
 
 # %% ../nbs/05_generators.ipynb #4e33194b
 def weight_variants(path)->dict:
-    "{component: {variant: its weight file}} of the variant weight files in `path` (e.g. {'unet': {'fp16': 'unet/diffusion_pytorch_model.fp16.safetensors'}})."
+    "{component: {variant: its weight file}} of the variant weight files in `path`."
     path, out = Path(path), {}
     for c in SD_WEIGHTS:
         names = [f.name.split('.') for f in (path / c).iterdir()] if (path / c).is_dir() else []
@@ -422,34 +476,45 @@ def weight_variants(path)->dict:
 
 # %% ../nbs/05_generators.ipynb #3e7ed28d
 def weight_problems(path, variant:str=None)->list:
-    "One line per problem with the weight files of unet/, vae/, text_encoder/ (`variant`'s where a component has them), naming the files."
+    "One line per problem with the weight files of unet/, vae/, text_encoder/, naming the files."
     path, found, have = Path(path), sd_weights(path, variant), weight_variants(path)
     if variant and found and not any(variant in have[c] for c in found):
         held = sorted({v for c in found for v in have[c]})
-        fix = 'drop --variant to load its plain weights' if all(found.values()) else f"pass --variant {held[0]}" if held else 're-copy the weights'
-        return [f"sd_path {str(path)!r} has no {variant} weights ({', '.join(f'{c}/{weight_names(c, variant)[0]}' for c in found)}): {fix}"]
+        fix = ('drop --variant to load its plain weights' if all(found.values())
+               else f"pass --variant {held[0]}" if held else 're-copy the weights')
+        return [f"sd_path {str(path)!r} has no {variant} weights "
+                f"({', '.join(f'{c}/{weight_names(c, variant)[0]}' for c in found)}): {fix}"]
     missing = [c for c, f in found.items() if f is None]
     only = sorted(set.intersection(*[set(have[c]) for c in missing])) if missing and variant is None else []
-    if only: return [f"sd_path {str(path)!r} has only {only[0]} weights ({', '.join(have[c][only[0]] for c in missing)}): pass --variant {only[0]}"]
+    if only:
+        return [f"sd_path {str(path)!r} has only {only[0]} weights "
+                f"({', '.join(have[c][only[0]] for c in missing)}): pass --variant {only[0]}"]
     look = lambda c: weight_names(c, variant)[::2] + (weight_names(c)[::2] if variant else [])
-    return [f"{path / c} holds no weights (none of {', '.join(look(c))}): re-copy the {c} component" for c in missing]
+    return [f"{path / c} holds no weights (none of {', '.join(look(c))}): re-copy the {c} component"
+            for c in missing]
 
 # %% ../nbs/05_generators.ipynb #e1c058d9
 def check_sd_folder(path,             # the folder `from_pretrained` would read
                     variant:str=None, # the weight variant it would load, e.g. 'fp16' (None: the plain files)
                    )->tuple:          # (the components' configs, one line per problem)
-    "A diffusers Stable Diffusion folder's index, components, configs (readable JSON, a model the package can drive) and weight files."
+    "A diffusers SD folder's index, components, configs (readable JSON, a drivable model) and weight files."
     path, cfgs, problems = Path(path).expanduser(), {}, []
-    if not path.is_dir(): return cfgs, [f"sd_path {str(path)!r} is not a folder: pass a local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)"]
+    if not path.is_dir():
+        return cfgs, [f"sd_path {str(path)!r} is not a folder: pass a local diffusers folder (unet/, vae/, "
+                      "text_encoder/, tokenizer/, scheduler/)"]
     why = unsupported_sd(path, {})
     if why: return cfgs, [why]
     for comp, name in SD_CONFIGS.items():
         f = path / comp / name
-        if not (path / comp).is_dir(): problems.append(f"{path} has no {comp}/ folder: the Stable Diffusion folder is incomplete"); continue
+        if not (path / comp).is_dir():
+            problems.append(f"{path} has no {comp}/ folder: the Stable Diffusion folder is incomplete")
+            continue
         try: cfgs[comp] = json.loads(f.read_text())
-        except (OSError, ValueError) as e: problems.append(f"{f} cannot be read as JSON ({type(e).__name__}): re-copy the {comp} component")
+        except (OSError, ValueError) as e:
+            problems.append(f"{f} cannot be read as JSON ({type(e).__name__}): re-copy the {comp} component")
     if not (path / 'model_index.json').is_file():
-        problems.append(f"{path} has no model_index.json (diffusers' index of the pipeline's parts): copy it from the model's repository")
+        problems.append(f"{path} has no model_index.json (diffusers' index of the pipeline's parts): copy it "
+                        "from the model's repository")
     why = unsupported_sd(path, cfgs)
     return cfgs, problems + ([why] if why else []) + weight_problems(path, variant)
 
@@ -463,13 +528,17 @@ def _resolve_model_dir(path_or_id, local_files_only=True, variant=None):
             from huggingface_hub import snapshot_download
             p = Path(snapshot_download(str(path_or_id), local_files_only=True))
         except Exception:
-            raise FileNotFoundError(f"{str(path_or_id)!r} is neither a local folder nor a model in the Hugging Face cache, and nothing is downloaded "
-                                    f"(local_files_only=True). Fetch it once where there is a network, e.g. `hf download {path_or_id} --local-dir DIR`, "
+            raise FileNotFoundError(f"{str(path_or_id)!r} is neither a local folder nor a model in the "
+                                    "Hugging Face cache, and nothing is downloaded "
+                                    "(local_files_only=True). Fetch it once where there is a network, e.g. "
+                                    f"`hf download {path_or_id} --local-dir DIR`, "
                                     "then pass DIR.") from None
     missing = [s for s in SD_SUBFOLDERS if not (p / s).is_dir()]
     why = unsupported_sd(p, {})
     if why: raise ValueError(why)
-    if missing: raise FileNotFoundError(f"{p} lacks the diffusers subfolders {missing}; expected {list(SD_SUBFOLDERS)}")
+    if missing:
+        raise FileNotFoundError(f"{p} lacks the diffusers subfolders {missing}; expected "
+                                f"{list(SD_SUBFOLDERS)}")
     _, problems = check_sd_folder(p, variant)
     if problems: raise ValueError(problems[0])
     return str(p)
@@ -477,7 +546,7 @@ def _resolve_model_dir(path_or_id, local_files_only=True, variant=None):
 # %% ../nbs/05_generators.ipynb #9a50d1bc
 @patch(cls_method=True)
 def from_pretrained(cls:StableDiffusionGenerator,
-                    path_or_id,                      # local folder in the diffusers layout, or a Hub id already in the HF cache
+                    path_or_id,                      # local diffusers folder, or a Hub id in the HF cache
                     class_names:list,                # one name per class
                     prompt_template:str="a photo of a {name}", # the prompt of a class
                     dtype=None,                      # None: float16 on GPU, float32 on CPU
@@ -486,11 +555,11 @@ def from_pretrained(cls:StableDiffusionGenerator,
                     attention_slicing=None,          # None: untouched (PyTorch 2 SDPA attention)
                     image_size:int=None,             # None: the model's native size
                     gradient_checkpointing:bool=False, # checkpoint the guidance view's decoder
-                    guidance_decoder=None,           # `AutoencoderTiny` or its local folder (e.g. TAESD's), for the guidance view only
-                    variant:str=None,                # diffusers weight variant, e.g. 'fp16' for `*.fp16.safetensors` (None: the plain files)
+                    guidance_decoder=None,           # TAESD module or folder for the guidance view
+                    variant:str=None,                # weight variant, e.g. 'fp16' (None: plain files)
                     **kwargs,                        # prompts, negative_prompt, classifier_size
                    )->StableDiffusionGenerator:
-    "Build a `StableDiffusionGenerator` from a saved diffusers pipeline: diffusers' `StableDiffusionPipeline.from_pretrained`, then its parts."
+    "A `StableDiffusionGenerator` from a saved diffusers pipeline (`StableDiffusionPipeline`'s loader)."
     from diffusers import StableDiffusionPipeline, __version__ as diffusers_version
     from diffusers.utils import logging as df_logging
     from transformers.utils import logging as hf_logging
@@ -498,143 +567,194 @@ def from_pretrained(cls:StableDiffusionGenerator,
     root = _resolve_model_dir(path_or_id, local_files_only, variant)
     device, dtype = _device_and_dtype(device, dtype)
     st = ['.safetensors' in f for f in sd_weights(root, variant).values()] if Path(root).is_dir() else []
-    kw = dict(variant=variant, local_files_only=local_files_only, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-              use_safetensors=True if st and all(st) else False if st and not any(st) else None,   # mixed: diffusers tries safetensors, then .bin
-              scheduler=DDIMScheduler.from_pretrained(root, subfolder='scheduler', local_files_only=local_files_only),   # its config, read as DDIM's
-              **{'dtype' if Version(diffusers_version) >= Version('0.40') else 'torch_dtype': dtype})   # diffusers 0.40 renamed it
+    kw = dict(variant=variant, local_files_only=local_files_only, safety_checker=None, feature_extractor=None,
+              requires_safety_checker=False,
+              # mixed: diffusers tries safetensors, then .bin
+              use_safetensors=True if st and all(st) else False if st and not any(st) else None,
+              # its config, read as DDIM's
+              scheduler=DDIMScheduler.from_pretrained(root, subfolder='scheduler',
+                                                      local_files_only=local_files_only),
+              # diffusers 0.40 renamed it
+              **{'dtype' if Version(diffusers_version) >= Version('0.40') else 'torch_dtype': dtype})
     bars = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar(); df_logging.disable_progress_bar()   # a local load takes seconds: no bars on stderr, where a CLI's errors go
+    # a local load takes seconds: no bars on stderr, where a CLI's errors go
+    hf_logging.disable_progress_bar()
+    df_logging.disable_progress_bar()
     try: pipe = StableDiffusionPipeline.from_pretrained(root, **kw)
     finally:
         if bars[0]: hf_logging.enable_progress_bar()
         if bars[1]: df_logging.enable_progress_bar()
-    return cls(*(getattr(pipe, k) for k in SD_SUBFOLDERS), class_names, prompt_template=prompt_template, image_size=image_size, dtype=dtype, device=device,
-               attention_slicing=attention_slicing, gradient_checkpointing=gradient_checkpointing, guidance_decoder=guidance_decoder, **kwargs)
+    return cls(*(getattr(pipe, k) for k in SD_SUBFOLDERS), class_names, prompt_template=prompt_template,
+               image_size=image_size, dtype=dtype, device=device,
+               attention_slicing=attention_slicing, gradient_checkpointing=gradient_checkpointing,
+               guidance_decoder=guidance_decoder, **kwargs)
 
 # %% ../nbs/05_generators.ipynb #ea0d69bf
 def tiny_sd_components(seed:int=0,                     # seeds the random weights
-                       prediction_type:str='epsilon',   # the scheduler's: 'epsilon' (SD-1.x, SD-2 base) or 'v_prediction' (SD-2.x 768 px)
-                      )->dict:                          # dict(unet, vae, text_encoder, tokenizer, scheduler)
+                       prediction_type:str='epsilon',  # 'epsilon' (SD-1.x, 2-base) or 'v_prediction' (SD-2.x 768)
+                      )->dict:                         # dict(unet, vae, text_encoder, tokenizer, scheduler)
     "Random-weight Stable-Diffusion-shaped components, small enough for CPU tests (test scaffolding)."
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
     from tokenizers.pre_tokenizers import ByteLevel
     chars = sorted(ByteLevel.alphabet())
-    vocab = {**{c: i for i, c in enumerate(chars)}, **{c + '</w>': i + len(chars) for i, c in enumerate(chars)}}
+    vocab = {**{c: i for i, c in enumerate(chars)},
+             **{c + '</w>': i + len(chars) for i, c in enumerate(chars)}}
     vocab.update({'<|startoftext|>': len(vocab), '<|endoftext|>': len(vocab) + 1})
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=32)
-    unet = _seeded(seed, lambda: UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'),
-        up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'), cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32))
-    vae = _seeded(seed + 1, lambda: AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
-        down_block_types=('DownEncoderBlock2D',) * 2, up_block_types=('UpDecoderBlock2D',) * 2, norm_num_groups=32, sample_size=16))
-    text_encoder = _seeded(seed + 2, lambda: CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
-        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32, bos_token_id=vocab['<|startoftext|>'],
+    unet = _seeded(seed, lambda: UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4,
+        layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'),
+        up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'), cross_attention_dim=32, attention_head_dim=8,
+        norm_num_groups=32))
+    vae = _seeded(seed + 1, lambda: AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+        block_out_channels=(32, 64), down_block_types=('DownEncoderBlock2D',) * 2,
+        up_block_types=('UpDecoderBlock2D',) * 2, norm_num_groups=32, sample_size=16))
+    text_encoder = _seeded(seed + 2, lambda: CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=32, bos_token_id=vocab['<|startoftext|>'],
         eos_token_id=vocab['<|endoftext|>'], pad_token_id=vocab['<|endoftext|>'])))
-    scheduler = DDIMScheduler(beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)   # Stable Diffusion 1.5's (and 2.x's) schedule
+    scheduler = DDIMScheduler(beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False,
+                              # Stable Diffusion 1.5's (and 2.x's) schedule
+                              set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
 # %% ../nbs/05_generators.ipynb #2c559944
 def tiny_taesd(seed:int=0)->AutoencoderTiny: # random-weight TAESD-shaped guidance decoder
-    "A random-weight `AutoencoderTiny` for `tiny_sd_components`' latents (4 channels, upsampling x2, like its VAE), test scaffolding."
-    return _seeded(seed + 3, lambda: AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
-                                                     num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1)))
+    "A random-weight `AutoencoderTiny` for `tiny_sd_components`' latents (4 channels, x2 like its VAE)."
+    return _seeded(seed + 3, lambda: AutoencoderTiny(encoder_block_out_channels=(16, 16),
+        decoder_block_out_channels=(16, 16), num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1)))
 
 # %% ../nbs/05_generators.ipynb #4044cdd0
 @patch
 def save_pretrained(self:StableDiffusionGenerator, path):
-    "Save the components as diffusers' `StableDiffusionPipeline` does (with `model_index.json`): `from_pretrained` and `StableDiffusionPipeline.from_pretrained` open it."
+    "Save the components in the diffusers pipeline layout, which `from_pretrained` opens."
     from diffusers import StableDiffusionPipeline
-    StableDiffusionPipeline(**{k: getattr(self, k) for k in SD_SUBFOLDERS}, safety_checker=None, feature_extractor=None,
+    StableDiffusionPipeline(**{k: getattr(self, k) for k in SD_SUBFOLDERS}, safety_checker=None,
+                            feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(path)
 
 # %% ../nbs/05_generators.ipynb #24277978
 def _adapter_sha1(field:str, path)->str:
-    "First 16 hex digits of the SHA-1 of an adapter's bytes: a file's, or a folder's .safetensors/.bin files in name order."
+    "First 16 hex digits of the SHA-1 of an adapter file, or a folder's .safetensors/.bin files in order."
     p = Path(path).expanduser()
-    files = sorted(f for f in p.iterdir() if f.suffix in ('.safetensors', '.bin')) if p.is_dir() else [p] if p.is_file() else []
-    if not files: raise ValueError(f"{field}: {'no .safetensors or .bin weights in the folder' if p.is_dir() else 'no file'} {str(p)!r}: " +
-                                   ('pass a diffusers/PEFT LoRA .safetensors file or a folder holding one' if field == 'lora' else 'pass a textual-inversion embedding file'))
+    files = (sorted(f for f in p.iterdir() if f.suffix in ('.safetensors', '.bin')) if p.is_dir()
+             else [p] if p.is_file() else [])
+    if not files:
+        raise ValueError(
+            f"{field}: {'no .safetensors or .bin weights in the folder' if p.is_dir() else 'no file'} "
+            f"{str(p)!r}: " + ('pass a diffusers/PEFT LoRA .safetensors file or a folder holding one'
+                               if field == 'lora' else 'pass a textual-inversion embedding file'))
     h = hashlib.sha1()
     try:
         for f in files: h.update(f.read_bytes())
-    except OSError as e: raise ValueError(f"{field}: {str(f)!r} cannot be read ({e.strerror or type(e).__name__}): check it and its permissions") from None
+    except OSError as e:
+        raise ValueError(f"{field}: {str(f)!r} cannot be read ({e.strerror or type(e).__name__}): check it "
+                         "and its permissions") from None
     return h.hexdigest()[:16]
 
 # %% ../nbs/05_generators.ipynb #9f15c606
 def _load_lora(pipe, path, scale:float):
-    "Load the LoRA at `path` into the pipeline's UNet and text encoder, fuse it at `scale` and drop the PEFT layers: plain weights."
+    "Load the LoRA at `path` into the UNet and text encoder, fuse it at `scale`, drop the PEFT layers."
     from diffusers.utils import USE_PEFT_BACKEND
-    if not USE_PEFT_BACKEND: raise ValueError("lora: loading LoRA weights needs the peft package: pip install peft")
+    if not USE_PEFT_BACKEND:
+        raise ValueError("lora: loading LoRA weights needs the peft package: pip install peft")
     try: pipe.load_lora_weights(str(Path(path).expanduser()), adapter_name='lora', local_files_only=True)
-    except Exception as e: raise ValueError(f"lora: {str(path)!r} cannot be loaded as LoRA weights of this model ({type(e).__name__}: "
-                                            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}): pass diffusers/PEFT LoRA weights trained on this base model") from None
+    except Exception as e:
+        raise ValueError(f"lora: {str(path)!r} cannot be loaded as LoRA weights of this "
+                         f"model ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}): "
+                         "pass diffusers/PEFT LoRA weights trained on this base model") from None
     if not any(pipe.get_list_adapters().values()):
-        raise ValueError(f"lora: {str(path)!r} holds no LoRA weights for this model's UNet or text encoder: pass diffusers/PEFT LoRA weights trained on this base model")
+        raise ValueError(f"lora: {str(path)!r} holds no LoRA weights for this model's UNet or text encoder: "
+                         "pass diffusers/PEFT LoRA weights trained on this base model")
     pipe.fuse_lora(lora_scale=scale)
     pipe.unload_lora_weights()
 
 # %% ../nbs/05_generators.ipynb #e1c66f36
 def _load_embedding(pipe, path, prompts:list):
-    "Add the textual-inversion embedding at `path` to the pipeline's tokenizer and text encoder; its token must be in one of `prompts`."
+    "Add the textual-inversion embedding at `path`; its token must be in `prompts`."
     before = set(pipe.tokenizer.get_vocab())
     try: pipe.load_textual_inversion(str(Path(path).expanduser()), local_files_only=True)
-    except Exception as e: raise ValueError(f"textual_inversion: {str(path)!r} cannot be loaded as a textual-inversion embedding of this text encoder ({type(e).__name__}: "
-                                            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}): pass one made for this base model") from None
+    except Exception as e:
+        raise ValueError(f"textual_inversion: {str(path)!r} cannot be loaded as a "
+                         "textual-inversion embedding of this text encoder "
+                         f"({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}): "
+                         "pass one made for this base model") from None
     new = sorted(set(pipe.tokenizer.get_vocab()) - before)
     if not any(t in p for t in new for p in prompts):
-        raise ValueError(f"textual_inversion: its token {new[0]!r} ({str(path)!r}) is in no prompt, so it would change nothing: put it in the prompts "
+        raise ValueError(f"textual_inversion: its token {new[0]!r} ({str(path)!r}) is in no prompt, so it "
+                         "would change nothing: put it in the prompts "
                          f"(`prompts` or `prompt_template`, e.g. 'a photo of a {{name}}, {new[0]} style')")
 
 # %% ../nbs/05_generators.ipynb #9b30558c
-def load_adapters(generator,                # a `StableDiffusionGenerator` (any other generator: only without adapters)
-                  lora=None,                # LoRA weights: a diffusers/PEFT .safetensors file or a folder holding one (None: none)
-                  lora_scale:float=1.0,     # the LoRA's weight, fused into the weights (0: the unadapted model, bit for bit)
-                  textual_inversion=None,   # a textual-inversion embedding file; its token must be in a prompt (None: none)
-                 ):                         # the same generator, adapted in place, with `adapters` recorded (untouched when there are none)
-    "Load a LoRA (fused at `lora_scale`) and a textual inversion with diffusers' loaders, encode the prompts again and record `adapters`."
+def load_adapters(generator,               # a `StableDiffusionGenerator` (others: only without adapters)
+                  lora=None,               # LoRA: a diffusers/PEFT .safetensors file or folder (None: none)
+                  lora_scale:float=1.0,    # the LoRA's fused weight (0: the base model, bit for bit)
+                  textual_inversion=None,  # an embedding file whose token is in a prompt (None: none)
+                 ):                        # the generator, adapted in place, `adapters` recorded
+    "Load a LoRA (fused at `lora_scale`) and a textual inversion; encode the prompts again."
     lora, textual_inversion = lora or None, textual_inversion or None
     if lora is None and textual_inversion is None: return generator
-    if not isinstance(generator, StableDiffusionGenerator): raise ValueError(f"lora/textual_inversion adapt Stable Diffusion, not a {type(generator).__name__}: drop them")
-    if getattr(generator, 'adapters', None): raise ValueError(f"the generator already carries adapters {generator.adapters}: load adapters into a freshly loaded one")
-    if not math.isfinite(lora_scale): raise ValueError(f"lora_scale must be a finite number, got {lora_scale}")
+    if not isinstance(generator, StableDiffusionGenerator):
+        raise ValueError(f"lora/textual_inversion adapt Stable Diffusion, not a {type(generator).__name__}: "
+                         "drop them")
+    if getattr(generator, 'adapters', None):
+        raise ValueError(f"the generator already carries adapters {generator.adapters}: load adapters into a "
+                         "freshly loaded one")
+    if not math.isfinite(lora_scale):
+        raise ValueError(f"lora_scale must be a finite number, got {lora_scale}")
     ids = dict(lora=lora and _adapter_sha1('lora', lora), lora_scale=float(lora_scale) if lora else None,
                textual_inversion=textual_inversion and _adapter_sha1('textual_inversion', textual_inversion))
     from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline(**{k: getattr(generator, k) for k in SD_SUBFOLDERS}, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    if textual_inversion: _load_embedding(pipe, textual_inversion, [q for p in generator.prompts for q in ([p] if isinstance(p, str) else p)] + [generator.negative_prompt])
+    pipe = StableDiffusionPipeline(**{k: getattr(generator, k) for k in SD_SUBFOLDERS}, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    if textual_inversion:
+        _load_embedding(pipe, textual_inversion,
+                        [q for p in generator.prompts for q in ([p] if isinstance(p, str) else p)]
+                        + [generator.negative_prompt])
     if lora: _load_lora(pipe, lora, lora_scale)
-    generator.tokenizer, generator.text_encoder, generator.unet, generator.adapters = pipe.tokenizer, pipe.text_encoder, pipe.unet, ids
+    (generator.tokenizer, generator.text_encoder, generator.unet,
+     generator.adapters) = pipe.tokenizer, pipe.text_encoder, pipe.unet, ids
     generator.encode_all_prompts()
     return generator
 
 # %% ../nbs/05_generators.ipynb #359131f7
 def _digits_generator(cfg, class_names, prompts, device):
     gen = load_digits_generator(device=device, path=digits_weights(cfg.digits_generator))
-    return load_adapters(gen, cfg.lora, cfg.lora_scale, cfg.textual_inversion)   # none: the generator; any: an error (SD only)
+    # none: the generator; any: an error (SD only)
+    return load_adapters(gen, cfg.lora, cfg.lora_scale, cfg.textual_inversion)
 
 # %% ../nbs/05_generators.ipynb #d935025b
 def _sd_generator(cfg, class_names, prompts, device):
-    gen = StableDiffusionGenerator.from_pretrained(cfg.sd_path, class_names, prompts=prompts, classifier_size=cfg.image_size, device=device,
-                                                   gradient_checkpointing=cfg.gradient_checkpointing, guidance_decoder=cfg.guidance_decoder,
+    gen = StableDiffusionGenerator.from_pretrained(cfg.sd_path, class_names, prompts=prompts,
+                                                   classifier_size=cfg.image_size, device=device,
+                                                   gradient_checkpointing=cfg.gradient_checkpointing,
+                                                   guidance_decoder=cfg.guidance_decoder,
                                                    variant=cfg.variant)
     return load_adapters(gen, cfg.lora, cfg.lora_scale, cfg.textual_inversion)
 
 # %% ../nbs/05_generators.ipynb #1303ba2b
-GENERATOR_LOADERS = {'digits': _digits_generator, 'stable-diffusion': _sd_generator}   # a `DatasetEntry.generator` family -> its loader
+# a `DatasetEntry.generator` family -> its loader
+GENERATOR_LOADERS = {'digits': _digits_generator, 'stable-diffusion': _sd_generator}
 
 # %% ../nbs/05_generators.ipynb #f46bbe47
-def build_parts(cfg:DPConfig,      # the run
-                device=None,       # where the generator runs (None: `cfg.device`)
-                generator=None,    # keep this generator (None: load the dataset's)
-                data:dict=None,    # keep these real splits (None: load the dataset's)
-               )->tuple:           # (generator, dict(val=..., test=...)); `test` is missing for a folder without test/
-    "The generator and real splits of `cfg.dataset`, from its registry entry; its checks run before any weight is loaded."
+def build_parts(cfg:DPConfig,    # the run
+                device=None,     # where the generator runs (None: `cfg.device`)
+                generator=None,  # keep this generator (None: load the dataset's)
+                data:dict=None,  # keep these real splits (None: load the dataset's)
+               )->tuple:         # (generator, dict(val=..., test=...)); no `test` without a test/
+    "The generator and real splits of `cfg.dataset` from its registry entry, checked before loading weights."
     entry = dataset_entry(cfg.dataset)
     if generator is None:
         _, problems = entry.check(cfg)
-        if problems: raise ValueError(problems[0] + (f" (and {len(problems) - 1} more problem(s): `dp-train --dry-run` lists them all)" if len(problems) > 1 else ''))
+        if problems:
+            raise ValueError(problems[0] + (f" (and {len(problems) - 1} more problem(s): `dp-train "
+                                            "--dry-run` lists them all)" if len(problems) > 1 else ''))
         generator = GENERATOR_LOADERS[entry.generator](cfg, *entry.classes(cfg), device or cfg.device)
     if data is None: data = entry.splits(cfg, generator.image_shape[-1])
-    if 'val' not in data: raise ValueError(f"data must hold a real 'val' split (it drives patience), got the splits {sorted(data)}")
+    if 'val' not in data:
+        raise ValueError("data must hold a real 'val' split (it drives patience), got the splits "
+                         f"{sorted(data)}")
     return generator, data

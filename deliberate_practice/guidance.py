@@ -14,21 +14,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from fastprogress.fastprogress import progress_bar
-from .config import GUIDANCE_FORMS
+from .config import GUIDANCE_FORMS, Sampling
 from .ddim import alpha_bar_pairs, ddim_timesteps, ddim_step, predict_eps, predict_x0
 
 # %% ../nbs/02_guidance.ipynb #3269ddf7
 def entropy(logits:Tensor # (B, C) classifier logits
            )->Tensor:     # (B,) softmax entropy in nats
     "Per-sample entropy $H = -\\sum_c p_c \\log p_c$ of the softmax of `logits`."
-    logp = F.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)  # fp16/bf16 -> fp32
+    # fp16/bf16 -> fp32
+    logp = F.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 # %% ../nbs/02_guidance.ipynb #ff05c582
 @contextmanager
 def eval_mode(model):
-    "Every submodule of `model` in eval mode (no BatchNorm updates, no dropout) inside the block; each one's own mode restored after."
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []  # a plain function has no mode
+    "Every submodule of `model` in eval mode inside the block; each one's own mode restored after."
+    # a plain function has no mode
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
     for m, _ in modes: m.training = False
     try: yield model
     finally:
@@ -36,11 +38,12 @@ def eval_mode(model):
 
 # %% ../nbs/02_guidance.ipynb #4a7877eb
 def _entropy_grad_x0(x0_hat:Tensor, classifier, decode=None, batch_size:int=None)->Tensor:
-    "d/dx0_hat of the summed entropy, `batch_size` images per backward pass (each sample's entropy depends on that sample only)."
+    "d/dx0_hat of the summed entropy, `batch_size` images per backward pass."
     def one(z):
         z = z.detach().requires_grad_(True)
         return torch.autograd.grad(entropy(classifier(decode(z) if decode is not None else z)).sum(), z)[0]
-    with torch.enable_grad(): return torch.cat([one(z) for z in x0_hat.split(batch_size or max(len(x0_hat), 1))])
+    with torch.enable_grad():
+        return torch.cat([one(z) for z in x0_hat.split(batch_size or max(len(x0_hat), 1))])
 
 # %% ../nbs/02_guidance.ipynb #a9558128
 def entropy_grad(x_t:Tensor,          # noisy sample at step t
@@ -48,7 +51,7 @@ def entropy_grad(x_t:Tensor,          # noisy sample at step t
                  alpha_bar_t,         # cumulative alpha at t
                  classifier,          # maps classifier inputs (B, C, H, W) to logits
                  decode=None,         # maps x0_hat to classifier input; None: identity
-                 batch_size:int=None, # images per backward pass through decode and classifier (None: all); the result does not depend on it
+                 batch_size:int=None, # images per backward pass through decode and classifier (None: all)
                 )->Tensor:            # d/dx_t of sum_b H(classifier(decode(x0_hat)))_b, shape of x_t
     "Raw gradient of the summed classifier entropy of $\\hat x_{0,t}$ with respect to $x_t$, `eps` detached."
     with torch.enable_grad():
@@ -69,31 +72,31 @@ def normalize_grad(grad:Tensor,      # (B, ...) raw gradient
     return grad / rms.view(-1, *[1] * (grad.ndim - 1))
 
 # %% ../nbs/02_guidance.ipynb #6bba65c0
-def cfg_combine(out_uncond:Tensor,   # the model's output without the condition (eps, or v / x0 for other prediction types)
-                out_cond:Tensor,     # the model's output with the condition (class or prompt)
-                cfg_scale:float=2.0, # classifier-free guidance scale lambda
+def cfg_combine(out_uncond:Tensor,                  # the model's output without the condition (eps, v or x0)
+                out_cond:Tensor,                    # the model's output with the condition (class or prompt)
+                cfg_scale:float=Sampling.cfg_scale, # classifier-free guidance scale lambda
                )->Tensor:
     "Classifier-free guidance: $u + \\lambda (c - u)$, on whatever the model predicts."
     return out_uncond + cfg_scale * (out_cond - out_uncond)
 
 # %% ../nbs/02_guidance.ipynb #db384161
-def entropy_shift(eps:Tensor,          # a (CFG-combined) noise prediction
-                  alpha_bar_t,         # cumulative alpha at t
-                  omega:float=0.0,     # entropy-guidance weight
-                  grad:Tensor=None,    # normalised entropy gradient (None: no entropy guidance)
+def entropy_shift(eps:Tensor,                 # a (CFG-combined) noise prediction
+                  alpha_bar_t,                # cumulative alpha at t
+                  omega:float=Sampling.omega, # entropy-guidance weight
+                  grad:Tensor=None,           # normalised entropy gradient (None: no entropy guidance)
                  )->Tensor:
     "The entropy term of eq. 5: $\\epsilon - \\sqrt{1 - \\bar\\alpha_t}\\,\\omega\\,g$."
     if grad is None or omega == 0: return eps
     return eps - (1 - torch.as_tensor(alpha_bar_t, dtype=eps.dtype)).sqrt() * omega * grad
 
 # %% ../nbs/02_guidance.ipynb #a35fb2bc
-def guided_eps(eps_uncond:Tensor,     # noise prediction without the condition
-               eps_cond:Tensor,       # noise prediction with the condition (class or prompt)
-               alpha_bar_t,           # cumulative alpha at t
-               cfg_scale:float=2.0,   # classifier-free guidance scale lambda
-               omega:float=0.0,       # entropy-guidance weight
-               grad:Tensor=None,      # normalised entropy gradient (None: no entropy guidance)
-              )->Tensor:              # eps_hat of eq. 5
+def guided_eps(eps_uncond:Tensor,                  # noise prediction without the condition
+               eps_cond:Tensor,                    # noise prediction with the condition (class or prompt)
+               alpha_bar_t,                        # cumulative alpha at t
+               cfg_scale:float=Sampling.cfg_scale, # classifier-free guidance scale lambda
+               omega:float=Sampling.omega,         # entropy-guidance weight
+               grad:Tensor=None,                   # normalised entropy gradient (None: no entropy guidance)
+              )->Tensor:                           # eps_hat of eq. 5
     "Combine classifier-free guidance and entropy guidance into $\\hat\\epsilon$ (eq. 5)."
     return entropy_shift(cfg_combine(eps_uncond, eps_cond, cfg_scale), alpha_bar_t, omega, grad)
 
@@ -102,7 +105,7 @@ def fgds_shift(x_t:Tensor,       # (B, ...) noisy sample at step t
                grad:Tensor,      # (B, ...) raw entropy gradient d H / d x_t
                omega:float,      # entropy-guidance weight (FGDS's `fg_scale`)
               )->Tensor:         # x_t + omega ||x_t|| grad / ||grad|| per sample (zero grad: no move)
-    "FGDS's move of $x_t$: $x_t + \\omega \\lVert x_t\\rVert\\, g / \\lVert g\\rVert$ with per-sample L2 norms."
+    "FGDS's move of $x_t$: $x_t + \\omega \\lVert x_t\\rVert\\, g / \\lVert g\\rVert$, per-sample L2 norms."
     n, nx = grad.flatten(1).norm(dim=1), x_t.flatten(1).norm(dim=1)
     scale = torch.where(n > 0, omega * nx / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(n))
     return x_t + scale.view(-1, *[1] * (x_t.ndim - 1)) * grad
@@ -120,81 +123,88 @@ class GuidanceStats:
     def mean_grad_norm(self)->float: return sum(self.grad_norms) / max(len(self.grad_norms), 1)
 
 # %% ../nbs/02_guidance.ipynb #3f7cdfed
-def _is_guided(i, n_steps, guide_every, guide_until): return i % guide_every == 0 and i < guide_until * n_steps
+def _is_guided(i, n_steps, guide_every, guide_until):
+    return i % guide_every == 0 and i < guide_until * n_steps
 
 # %% ../nbs/02_guidance.ipynb #fb9e68c7
 def _finite(x:Tensor)->Tensor: return torch.isfinite(x.flatten(1)).all(1)
 
 # %% ../nbs/02_guidance.ipynb #2a872505
 def _row_chunks(n:int, batch_size:int, denoise, denoise_rows)->list:
-    "[(rows, denoiser of those rows)] of `batch_size` images each; unchunked (None, >= n, no `denoise_rows`): [(all, denoise)]."
+    "[(rows, denoiser of those rows)] of `batch_size` images each; unchunked: [(all, denoise)]."
     if denoise_rows is None or not batch_size or batch_size >= n: return [(slice(None), denoise)]
     return [(r, denoise_rows(r)) for r in (slice(s, s + batch_size) for s in range(0, n, batch_size))]
 
 # %% ../nbs/02_guidance.ipynb #390cf404
 def _denoise_chunks(x:Tensor, t, chunks:list)->tuple:
-    "(out_uncond, out_cond) of `x`, one pass per chunk of `_row_chunks`; a single chunk: `denoise(x, t)` itself."
+    "(out_uncond, out_cond) of `x`, one pass per chunk of `_row_chunks`."
     if len(chunks) == 1: return chunks[0][1](x, t)
     u, c = zip(*(d(x[r], t) for r, d in chunks))
     return torch.cat(u), torch.cat(c)
 
 # %% ../nbs/02_guidance.ipynb #6d38252e
 def _through_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, prediction_type, batch_size=None):
-    "Noise prediction at x_t (detached) and the entropy gradient through the denoiser, whose graph is kept for these images."
+    "Noise prediction at x_t (detached) and the entropy gradient through the denoiser."
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)
         u, c = denoise(x, t)
         eps = predict_eps(x, cfg_combine(u, c, cfg_scale), a_t, prediction_type)
         x0_hat = predict_x0(x, eps, a_t)
-        return eps.detach(), torch.autograd.grad(x0_hat, x, _entropy_grad_x0(x0_hat, classifier, decode, batch_size))[0]
+        return eps.detach(), torch.autograd.grad(x0_hat, x,
+                                                 _entropy_grad_x0(x0_hat, classifier, decode, batch_size))[0]
 
-def _guidance_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type, batch_size=None, chunks=None):
-    "Noise prediction at x_t and the raw entropy gradient (eps detached, or through the denoiser), UNet passes by `chunks`."
-    chunks = chunks or [(slice(None), denoise)]                       # None: one pass, one graph, the whole batch
+def _guidance_grad(x_t, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type,
+                   batch_size=None, chunks=None):
+    "Noise prediction at x_t and the raw entropy gradient (eps detached, or through the denoiser)."
+    chunks = chunks or [(slice(None), denoise)]   # None: one pass, one graph, the whole batch
     if not through:
         eps = predict_eps(x_t, cfg_combine(*_denoise_chunks(x_t, t, chunks), cfg_scale), a_t, prediction_type)
         return eps, entropy_grad(x_t, eps, a_t, classifier, decode, batch_size)
-    eps, g = zip(*(_through_grad(x_t[r], t, a_t, d, cfg_scale, classifier, decode, prediction_type, batch_size) for r, d in chunks))
+    eps, g = zip(*(_through_grad(x_t[r], t, a_t, d, cfg_scale, classifier, decode, prediction_type,
+                                 batch_size) for r, d in chunks))
     return torch.cat(eps), torch.cat(g)
 
 # %% ../nbs/02_guidance.ipynb #e8acb95b
-def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, out_cond), the model's outputs
-                       x_T:Tensor,                 # starting noise
-                       alpha_bar:Tensor,           # (T,) schedule from `alpha_bars`
-                       n_steps:int=20,             # DDIM steps
-                       cfg_scale:float=2.0,        # classifier-free guidance scale lambda
-                       omega:float=0.0,            # entropy-guidance weight (0: plain CFG sampling)
-                       classifier=None,            # the classifier whose entropy is raised (needed if omega > 0)
-                       decode=None,                # maps x0_hat to classifier input
-                       spacing:str="leading",      # timestep spacing (see `ddim_timesteps`)
-                       steps_offset:int=0,         # 1 for Stable Diffusion
-                       eta:float=0.0,              # DDIM stochasticity
+def guided_ddim_sample(denoise,                            # fn(x_t, t) -> (out_uncond, out_cond), the model's outputs
+                       x_T:Tensor,                         # starting noise
+                       alpha_bar:Tensor,                   # (T,) schedule from `alpha_bars`
+                       n_steps:int=Sampling.n_steps,       # DDIM steps
+                       cfg_scale:float=Sampling.cfg_scale, # classifier-free guidance scale lambda
+                       omega:float=Sampling.omega,         # entropy-guidance weight (0: plain CFG sampling)
+                       classifier=None,                    # the classifier whose entropy is raised (if omega > 0)
+                       decode=None,                        # maps x0_hat to classifier input
+                       spacing:str="leading",              # timestep spacing (see `ddim_timesteps`)
+                       steps_offset:int=0,                 # 1 for Stable Diffusion
+                       eta:float=0.0,                      # DDIM stochasticity
                        prediction_type:str="epsilon", # what `denoise` returns
-                       guide_every:int=1,          # apply entropy guidance every k-th step
-                       guide_until:float=1.0,      # ... only during the first fraction of the steps
-                       grad_through_denoiser:bool=False, # exact gradient through the denoiser
-                       guidance_batch_size:int=None, # images per pass through the networks inside a generation batch: UNet (with
-                                                   # `denoise_rows`), guidance backward, decode (None: all); the same images
-                       denoise_rows=None,          # fn(rows: slice) -> `denoise` of those rows: every UNet pass, with or without the
-                                                   # gradient, then runs `guidance_batch_size` images at a time (None: the whole batch)
-                       grad_norm:str="rms",        # gradient normalisation of the 'eps' form, see `normalize_grad`
-                       guidance_form:str="eps",    # 'eps': eq. 5 (in eps); 'fgds': `fgds_shift` of x_t, through the denoiser
-                       final_alpha_bar:float=1.0,  # alpha_bar after the last step
-                       generator:torch.Generator=None, # RNG for the eta > 0 noise
-                       progress:bool=False,        # show a fastprogress bar
-                      ):                           # (x0 in model space, GuidanceStats)
+                       guide_every:int=Sampling.guide_every,     # apply entropy guidance every k-th step
+                       guide_until:float=1.0,                    # ... only during the first fraction of the steps
+                       grad_through_denoiser:bool=False,         # exact gradient through the denoiser
+                       guidance_batch_size:int=None,             # images per network pass (None: all); same images
+                       denoise_rows=None,                        # fn(rows: slice) -> `denoise` of those rows
+                       grad_norm:str="rms",                      # 'eps' form's gradient normalisation (`normalize_grad`)
+                       guidance_form:str=Sampling.guidance_form, # 'eps': eq. 5; 'fgds': `fgds_shift` of x_t
+                       final_alpha_bar:float=1.0,                # alpha_bar after the last step
+                       generator:torch.Generator=None,           # RNG for the eta > 0 noise
+                       progress:bool=False,                      # show a fastprogress bar
+                      ):                                         # (x0 in model space, GuidanceStats)
     "DDIM sampling with classifier-free guidance and entropy guidance (eq. 5)."
     if omega < 0: raise ValueError(f"omega must be >= 0, got {omega}")
     if omega > 0 and classifier is None: raise ValueError("classifier is required when omega > 0")
-    if int(guide_every) != guide_every or guide_every < 1: raise ValueError(f"guide_every must be a positive integer, got {guide_every}")
+    if int(guide_every) != guide_every or guide_every < 1:
+        raise ValueError(f"guide_every must be a positive integer, got {guide_every}")
     if not 0 <= guide_until <= 1: raise ValueError(f"guide_until must be in [0, 1], got {guide_until}")
     if guidance_form not in GUIDANCE_FORMS:
         raise ValueError(f"guidance_form must be one of {GUIDANCE_FORMS}, got {guidance_form!r}")
-    if grad_norm not in GRAD_NORMS: raise ValueError(f"grad_norm must be one of {GRAD_NORMS}, got {grad_norm!r}")
-    if guidance_batch_size is not None and (isinstance(guidance_batch_size, bool) or not isinstance(guidance_batch_size, numbers.Integral)
+    if grad_norm not in GRAD_NORMS:
+        raise ValueError(f"grad_norm must be one of {GRAD_NORMS}, got {grad_norm!r}")
+    if guidance_batch_size is not None and (isinstance(guidance_batch_size, bool)
+                                            or not isinstance(guidance_batch_size, numbers.Integral)
                                             or guidance_batch_size < 1):
-        raise ValueError(f"guidance_batch_size must be a positive integer or None, got {guidance_batch_size!r}")
-    steps = alpha_bar_pairs(alpha_bar, ddim_timesteps(n_steps, len(alpha_bar), spacing, steps_offset), final_alpha_bar)
+        raise ValueError(f"guidance_batch_size must be a positive integer or None, got "
+                         f"{guidance_batch_size!r}")
+    steps = alpha_bar_pairs(alpha_bar, ddim_timesteps(n_steps, len(alpha_bar), spacing, steps_offset),
+                            final_alpha_bar)
     stats, x = GuidanceStats(), x_T
     with eval_mode(classifier), torch.no_grad():
         chunks = _row_chunks(len(x_T), guidance_batch_size, denoise, denoise_rows)   # built once
@@ -202,9 +212,10 @@ def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, 
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if eta > 0 else None
             stats.n_steps += 1
             if omega > 0 and _is_guided(i, n_steps, guide_every, guide_until):
-                through = grad_through_denoiser or guidance_form == 'fgds'      # FGDS differentiates through the denoiser
-                eps, g = _guidance_grad(x, t, a_t, denoise, cfg_scale, classifier, decode, through, prediction_type,
-                                        guidance_batch_size, chunks)
+                # FGDS differentiates through the denoiser
+                through = grad_through_denoiser or guidance_form == 'fgds'
+                eps, g = _guidance_grad(x, t, a_t, denoise, cfg_scale, classifier, decode, through,
+                                        prediction_type, guidance_batch_size, chunks)
                 x = _guarded_step(x, eps, g, a_t, a_prev, omega, grad_norm, eta, noise, stats, guidance_form)
             else:
                 u, c = _denoise_chunks(x, t, chunks)
@@ -213,17 +224,21 @@ def guided_ddim_sample(denoise,                    # fn(x_t, t) -> (out_uncond, 
 
 # %% ../nbs/02_guidance.ipynb #faa404ba
 def _guarded_step(x, eps, g, a_t, a_prev, omega, grad_norm, eta, noise, stats, form='eps'):
-    "One entropy-guided DDIM step (`form` 'eps' or 'fgds'), dropping non-finite gradients, redoing non-finite steps unguided."
+    "One entropy-guided DDIM step (`form` 'eps' or 'fgds'), guarded against NaN/inf."
     ok = _finite(g)
     stats.n_guided_steps += 1
     stats.n_nonfinite += int((~ok).sum())
     g = torch.where(ok.view(-1, *[1] * (g.ndim - 1)), g, torch.zeros_like(g))
     stats.grad_norms.append(g.flatten(1).norm(dim=1).mean().item())
-    if form == 'fgds': x_new = ddim_step(fgds_shift(x, g, omega), eps, a_t, a_prev, eta, noise)   # FGDS: move x_t, eps at x_t
-    else: x_new = ddim_step(x, entropy_shift(eps, a_t, omega, normalize_grad(g, grad_norm)), a_t, a_prev, eta, noise)  # eq. 5
+    if form == 'fgds':   # FGDS: move x_t, eps at x_t
+        x_new = ddim_step(fgds_shift(x, g, omega), eps, a_t, a_prev, eta, noise)
+    else:                # eq. 5
+        x_new = ddim_step(x, entropy_shift(eps, a_t, omega, normalize_grad(g, grad_norm)),
+                          a_t, a_prev, eta, noise)
     bad = ~_finite(x_new)
     if bad.any():
         stats.n_nonfinite += int(bad.sum())
         x_new[bad] = ddim_step(x[bad], eps[bad], a_t, a_prev, eta, None if noise is None else noise[bad])
-        if not _finite(x_new).all(): raise FloatingPointError("the denoiser produced NaN/inf without guidance")
+        if not _finite(x_new).all():
+            raise FloatingPointError("the denoiser produced NaN/inf without guidance")
     return x_new

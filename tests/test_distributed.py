@@ -2,6 +2,7 @@
 import json, os, shutil, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
+from deliberate_practice.config import Sampling
 from deliberate_practice.pool import Pool
 from deliberate_practice.cli import dp_train
 
@@ -17,14 +18,15 @@ pytestmark = pytest.mark.usefixtures('one_thread')   # conftest: one torch threa
 POOL_SCRIPT = textwrap.dedent('''
     import sys, torch
     from accelerate import PartialState
+    from deliberate_practice.config import Sampling
     from deliberate_practice.pool import Pool
     from deliberate_practice.generators import load_digits_generator
     torch.set_num_threads(1)
     s, out = PartialState(cpu=True), sys.argv[1]
-    p = Pool.generate(load_digits_generator(), torch.arange(23) % 10, n_steps=4, seed=5, dist=s, scratch=out + '/scratch')
+    p = Pool.generate(load_digits_generator(), torch.arange(23) % 10, Sampling(n_steps=4), seed=5, dist=s, scratch=out + '/scratch')
     if s.is_main_process: p.save(out + '/pool0.safetensors')
     clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)); torch.nn.init.normal_(clf[1].weight, generator=torch.Generator().manual_seed(0)); torch.nn.init.zeros_(clf[1].bias)
-    r = p.refresh(load_digits_generator(), clf, 0.5, omega=0.1, n_steps=4, seed=7, dist=s, scratch=out + '/scratch')
+    r = p.refresh(load_digits_generator(), clf, 0.5, Sampling(omega=0.1, n_steps=4), seed=7, dist=s, scratch=out + '/scratch')
     if s.is_main_process: p.save(out + '/pool1.safetensors'); print('world', s.num_processes, 'pruned', r['pruned_indices'].tolist(), flush=True)
 ''')
 
@@ -42,12 +44,12 @@ def test_sharded_pool_equals_one_process(tmp_path):
         pytest.fail(r.stderr[-3000:])
     from deliberate_practice.generators import load_digits_generator
     g = load_digits_generator()
-    ref = Pool.generate(g, torch.arange(23) % 10, n_steps=4, seed=5)
+    ref = Pool.generate(g, torch.arange(23) % 10, Sampling(n_steps=4), seed=5)
     two = Pool.load(tmp_path / 'pool0.safetensors')
     torch.testing.assert_close(two.get_images(slice(None)), ref.get_images(slice(None)), atol=1e-4, rtol=0)
     assert two.labels.tolist() == ref.labels.tolist() and two.n_generated == ref.n_generated == 23
     clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)); torch.nn.init.normal_(clf[1].weight, generator=torch.Generator().manual_seed(0)); torch.nn.init.zeros_(clf[1].bias)
-    rr = ref.refresh(g, clf, 0.5, omega=0.1, n_steps=4, seed=7)
+    rr = ref.refresh(g, clf, 0.5, Sampling(omega=0.1, n_steps=4), seed=7)
     two = Pool.load(tmp_path / 'pool1.safetensors')
     assert f"pruned {rr['pruned_indices'].tolist()}" in r.stdout               # sharded scores, gathered: the same 12 images pruned
     torch.testing.assert_close(two.get_images(slice(None)), ref.get_images(slice(None)), atol=1e-3, rtol=0)
@@ -85,11 +87,11 @@ class Flaky:
 
 def test_interrupted_generation_resumes_from_scratch(tmp_path):
     labels, sc = torch.arange(40) % 10, tmp_path / 'scratch'
-    ref = Pool.generate(Flaky(), labels, seed=3, shard_size=8)                     # 5 chunks
-    with pytest.raises(RuntimeError, match='killed'): Pool.generate(Flaky(fail_at=4), labels, seed=3, shard_size=8, scratch=sc)
+    ref = Pool.generate(Flaky(), labels, Sampling(), seed=3, shard_size=8)                     # 5 chunks
+    with pytest.raises(RuntimeError, match='killed'): Pool.generate(Flaky(fail_at=4), labels, Sampling(), seed=3, shard_size=8, scratch=sc)
     assert len(list(sc.iterdir())) == 3                                            # chunks 0-2 finished
     g = Flaky()
-    p = Pool.generate(g, labels, seed=3, shard_size=8, scratch=sc)
+    p = Pool.generate(g, labels, Sampling(), seed=3, shard_size=8, scratch=sc)
     assert g.calls == 2                                                            # only chunks 3 and 4 generated again
     assert torch.equal(p.get_images(slice(None)), ref.get_images(slice(None))) and not sc.exists()
 

@@ -183,16 +183,16 @@ def digits(): return Counting()
 @pytest.mark.parametrize("kw, msg", BAD_SAMPLING[:2] + BAD_SAMPLING[4:6] + BAD_SAMPLING[7:8])
 def test_pool_generate_rejects_bad_sampling_before_generating(digits, kw, msg):
     calls = digits.calls
-    with pytest.raises(ValueError) as e: Pool.generate(digits, torch.arange(4), **{'n_steps': 2, **kw})
+    with pytest.raises(ValueError) as e: Pool.generate(digits, torch.arange(4), Sampling(**{'n_steps': 2, **kw}))
     assert str(e.value) == msg and digits.calls == calls
 
 
 def test_pool_refresh_rejects_huge_omega_before_generating(digits):
     torch.manual_seed(0)
     clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    pool = Pool.generate(digits, torch.arange(10), n_steps=2)
+    pool = Pool.generate(digits, torch.arange(10), Sampling(n_steps=2))
     before, calls = pool.get_images(slice(None)).clone(), digits.calls
-    with pytest.raises(ValueError) as e: pool.refresh(digits, clf, 0.5, omega=1e308, n_steps=2)
+    with pytest.raises(ValueError) as e: pool.refresh(digits, clf, 0.5, Sampling(omega=1e308, n_steps=2))
     assert str(e.value) == "omega must be a finite number in [0, 100.0], got 1e+308"
     assert digits.calls == calls and pool.round == 0 and torch.equal(pool.get_images(slice(None)), before)
-    assert not math.isnan(pool.refresh(digits, clf, 0.5, omega=0.1, n_steps=2)['mean_entropy_new'])   # a good omega still runs
+    assert not math.isnan(pool.refresh(digits, clf, 0.5, Sampling(omega=0.1, n_steps=2))['mean_entropy_new'])   # a good omega still runs

@@ -35,7 +35,7 @@ def test_reproduce_generates_each_seeds_pool_once_and_rows_equal_their_own_pool_
     alone = [run_row(row_config(r, 'imagenet100', seed=0, **kw), r, tmp_path / 'alone', gen, data) for r in rows]
     strip = lambda res: {k: v for k, v in res.items() if k != 'wall_s'}
     assert [strip(a) for a in alone] == [strip(s) for s in shared]
-    from deliberate_practice.store import read_checkpoint
+    from deliberate_practice.runfolder import read_checkpoint
     for r in rows:                                                  # the same weights and the same pool, image for image: not only the same accuracies
         a, s = (tmp_path / d / 'runs' / f'{r}-s0' for d in ('alone', 'rep'))
         wa, ws = (read_checkpoint(x / 'checkpoint.pt')['model'] for x in (a, s))
@@ -74,11 +74,13 @@ def test_dp_generate_workers_at_once_one_killed_a_third_finishes(tmp_path):
     assert sorted(written) == list(range(N_CHUNKS)), (a_out, b_out, c_out)           # every shard written once
     assert 3 in _written(c_out) and 3 not in _written(b_out)                   # the killed worker's chunk, finished by the third
     sampled = sum(int(x) for x in log.read_text().split())
-    assert sampled == N_CHUNKS * 2048, sampled                                        # batches saved before the kill were loaded, not sampled again
+    # batches saved before the kill were loaded, not sampled again: at most the batch in flight
+    # (sampled, not yet saved) when kill -9 came is sampled twice; resampling saved ones adds >= 512
+    assert N_CHUNKS * 2048 <= sampled <= N_CHUNKS * 2048 + 256, sampled
     assert 'the pool is whole' in a_out + c_out
     from deliberate_practice.pool import Pool
     from deliberate_practice.config import preset, initial_sampling
-    from deliberate_practice.store import derive_seed
+    from deliberate_practice.runfolder import derive_seed
     from deliberate_practice.trainer import POOL
     from deliberate_practice.data import balanced_labels
     from deliberate_practice.generators import load_digits_generator

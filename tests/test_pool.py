@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deliberate_practice.config import Sampling
 from deliberate_practice.guidance import entropy
 from deliberate_practice.pool import Pool
 from deliberate_practice.store import INDEX, read_index
@@ -54,8 +55,8 @@ def pool_files(root): return sorted(p.name for p in Path(root).iterdir())
 @pytest.mark.parametrize("prune_frac", [0.1, 0.25, 0.5, 1.0])
 def test_refresh_keeps_size_and_exact_class_counts(selection, metric, prune_frac):
     gen, clf = FakeGenerator(), make_classifier()
-    pool = Pool.generate(gen, balanced(20), seed=0)
-    r = pool.refresh(gen, clf, prune_frac, selection=selection, metric=metric, seed=1)
+    pool = Pool.generate(gen, balanced(20), Sampling(), seed=0)
+    r = pool.refresh(gen, clf, prune_frac, Sampling(omega=0.05), selection=selection, metric=metric, seed=1)
     k = round(prune_frac * 100)
     assert (len(pool), pool.class_counts(5), r['n_pruned'], r['n_new']) == (100, [20] * 5, k, k)
     assert len(r['pruned_indices'].unique()) == k
@@ -65,9 +66,9 @@ def test_refresh_keeps_size_and_exact_class_counts(selection, metric, prune_frac
 @pytest.mark.parametrize("metric", ["entropy", "margin", "loss"])
 def test_selection_prunes_exactly_the_k_lowest(metric):
     gen, clf = FakeGenerator(), make_classifier()
-    pool = Pool.generate(gen, balanced(40), seed=0)
+    pool = Pool.generate(gen, balanced(40), Sampling(), seed=0)
     s = pool.score(clf, metric)
-    r = pool.refresh(gen, clf, 0.3, metric=metric, seed=1)
+    r = pool.refresh(gen, clf, 0.3, Sampling(omega=0.05), metric=metric, seed=1)
     pruned = r['pruned_indices']
     kept = torch.ones(200, dtype=torch.bool); kept[pruned] = False
     assert len(pruned) == 60 and s[pruned].max() <= s[kept].min()
@@ -79,17 +80,17 @@ def test_random_selection_is_seeded():
     gen, clf = FakeGenerator(), make_classifier()
     runs = []
     for seed in (7, 7, 8):
-        pool = Pool.generate(gen, balanced(20), seed=0)
-        runs.append((pool.refresh(gen, clf, 0.5, selection='random', omega=0.0, seed=seed)['pruned_indices'], pool))
+        pool = Pool.generate(gen, balanced(20), Sampling(), seed=0)
+        runs.append((pool.refresh(gen, clf, 0.5, Sampling(omega=0.0), selection='random', seed=seed)['pruned_indices'], pool))
     assert torch.equal(runs[0][0], runs[1][0]) and not torch.equal(runs[0][0], runs[2][0])
     assert_same(runs[0][1], runs[1][1])
 
 
 def test_replacements_are_the_generators_images_with_the_same_labels_and_provenance():
     gen, clf = FakeGenerator(n_nonfinite=2), make_classifier()
-    pool = Pool.generate(gen, balanced(10), seed=0)
+    pool = Pool.generate(gen, balanced(10), Sampling(), seed=0)
     labels_before = pool.labels.clone()
-    r = pool.refresh(gen, clf, 0.4, omega=0.07, cfg_scale=3.0, seed=5, guide_every=2)
+    r = pool.refresh(gen, clf, 0.4, Sampling(omega=0.07, cfg_scale=3.0, guide_every=2), seed=5)
     new = r['pruned_indices']
     call = gen.calls[-1]
     assert call['kw'] == {'guide_every': 2}
@@ -107,14 +108,14 @@ def test_replacements_are_the_generators_images_with_the_same_labels_and_provena
 
 def test_n_generated_arithmetic_grow_and_noop():
     gen, clf = FakeGenerator(), make_classifier()
-    pool = Pool.generate(gen, balanced(20), seed=0)
+    pool = Pool.generate(gen, balanced(20), Sampling(), seed=0)
     assert (pool.n_generated, pool.round) == (100, 0)
-    pool.refresh(gen, clf, 0.25, seed=1); pool.refresh(gen, clf, 1.0, seed=2)
+    pool.refresh(gen, clf, 0.25, Sampling(omega=0.05), seed=1); pool.refresh(gen, clf, 1.0, Sampling(omega=0.05), seed=2)
     assert (pool.n_generated, pool.round, len(pool)) == (100 + 25 + 100, 2, 100)
     n_calls = len(gen.calls)
-    r = pool.refresh(gen, clf, 0.0, seed=3)
+    r = pool.refresh(gen, clf, 0.0, Sampling(omega=0.05), seed=3)
     assert (r['n_new'], r['n_pruned'], len(gen.calls), pool.n_generated, pool.round) == (0, 0, n_calls, 225, 3)
-    g = pool.refresh(gen, clf, 0.5, grow=True, seed=4)
+    g = pool.refresh(gen, clf, 0.5, Sampling(omega=0.05), grow=True, seed=4)
     assert (g['n_pruned'], g['n_new'], len(pool), pool.n_generated) == (0, 50, 150, 275)
     assert pool.class_counts(5) == [30] * 5 and (pool.born[100:] == 4).all()
     assert torch.equal(g['new_indices'], torch.arange(100, 150))
@@ -122,10 +123,10 @@ def test_n_generated_arithmetic_grow_and_noop():
 
 def test_failed_generation_leaves_the_pool_unchanged():
     gen, clf = FakeGenerator(), make_classifier()
-    pool = Pool.generate(gen, balanced(20), seed=0, shard_size=16)
+    pool = Pool.generate(gen, balanced(20), Sampling(), seed=0, shard_size=16)
     before = Pool.from_state_dict(pool.state_dict())
     gen.fail_after = len(gen.calls) + 1                  # the 2nd chunk of the refresh fails
-    with pytest.raises(RuntimeError, match="generator crashed"): pool.refresh(gen, clf, 0.5, seed=1)
+    with pytest.raises(RuntimeError, match="generator crashed"): pool.refresh(gen, clf, 0.5, Sampling(omega=0.05), seed=1)
     assert_same(pool, before)
 
 
@@ -134,7 +135,7 @@ def test_failed_generation_leaves_the_pool_unchanged():
 @pytest.fixture
 def small():
     gen, clf = FakeGenerator(), make_classifier()
-    return gen, clf, Pool.generate(gen, balanced(4), seed=0)
+    return gen, clf, Pool.generate(gen, balanced(4), Sampling(), seed=0)
 
 
 class WrongCountGenerator(FakeGenerator):
@@ -144,21 +145,21 @@ class WrongCountGenerator(FakeGenerator):
 
 
 @pytest.mark.parametrize("call, field", [
-    (lambda g, c, p: p.refresh(g, c, -0.1), "prune_frac"),
-    (lambda g, c, p: p.refresh(g, c, 1.5), "prune_frac"),
-    (lambda g, c, p: p.refresh(g, c, float('nan')), "prune_frac"),
-    (lambda g, c, p: p.refresh(g, c, "half"), "prune_frac"),
-    (lambda g, c, p: p.refresh(g, c, 0.5, selection="hardest"), "selection"),
-    (lambda g, c, p: p.refresh(g, c, 0.5, metric="confidence"), "metric"),
-    (lambda g, c, p: p.refresh(g, None, 0.5), "classifier"),
-    (lambda g, c, p: p.refresh(WrongCountGenerator(), c, 0.5), "generator.sample returned"),
+    (lambda g, c, p: p.refresh(g, c, -0.1, Sampling(omega=0.05)), "prune_frac"),
+    (lambda g, c, p: p.refresh(g, c, 1.5, Sampling(omega=0.05)), "prune_frac"),
+    (lambda g, c, p: p.refresh(g, c, float('nan'), Sampling(omega=0.05)), "prune_frac"),
+    (lambda g, c, p: p.refresh(g, c, "half", Sampling(omega=0.05)), "prune_frac"),
+    (lambda g, c, p: p.refresh(g, c, 0.5, Sampling(omega=0.05), selection="hardest"), "selection"),
+    (lambda g, c, p: p.refresh(g, c, 0.5, Sampling(omega=0.05), metric="confidence"), "metric"),
+    (lambda g, c, p: p.refresh(g, None, 0.5, Sampling(omega=0.05)), "classifier"),
+    (lambda g, c, p: p.refresh(WrongCountGenerator(), c, 0.5, Sampling(omega=0.05)), "generator.sample returned"),
     (lambda g, c, p: p.score(c, metric="accuracy"), "metric"),
     (lambda g, c, p: p.score(c, batch_size=0), "batch_size"),
     (lambda g, c, p: Pool(torch.rand(3, 1, 4, 4), [0, 1]), "images"),
     (lambda g, c, p: Pool(torch.rand(2, 1, 4, 4), [0, 1], omega=[0.]), "omega"),
     (lambda g, c, p: Pool(torch.rand(2, 1, 4, 4), [0, -1]), "labels"),
-    (lambda g, c, p: Pool.generate(g, [0, 5]), "labels"),
-    (lambda g, c, p: Pool.generate(g, []), "labels"),
+    (lambda g, c, p: Pool.generate(g, [0, 5], Sampling()), "labels"),
+    (lambda g, c, p: Pool.generate(g, [], Sampling()), "labels"),
     (lambda g, c, p: p.class_counts(3), "n_classes"),
     (lambda g, c, p: p.load_state_dict({'format': 'other'}), "format"),
 ])
@@ -171,8 +172,8 @@ def test_bad_inputs_raise_value_error_naming_the_field(small, call, field):
 
 def test_bad_paths(tmp_path):
     gen = FakeGenerator()
-    Pool.generate(gen, balanced(2), root=tmp_path/'p')
-    with pytest.raises(ValueError, match="already holds a pool"): Pool.generate(gen, balanced(2), root=tmp_path/'p')
+    Pool.generate(gen, balanced(2), Sampling(), root=tmp_path/'p')
+    with pytest.raises(ValueError, match="already holds a pool"): Pool.generate(gen, balanced(2), Sampling(), root=tmp_path/'p')
     with pytest.raises(FileNotFoundError, match="no pool"): Pool.load(tmp_path/'missing')
     (tmp_path/'empty').mkdir()
     with pytest.raises(FileNotFoundError, match=INDEX): Pool.load(tmp_path/'empty')
@@ -183,13 +184,13 @@ def test_bad_paths(tmp_path):
 def test_disk_pool_equals_memory_pool_across_several_shards_and_refreshes(tmp_path):
     gen, clf = FakeGenerator(), make_classifier()
     labels = balanced(600)                                               # 3000 tiny images
-    mem = Pool.generate(gen, labels, seed=0, shard_size=512)
-    disk = Pool.generate(gen, labels, seed=0, shard_size=512, root=tmp_path/'pool')
+    mem = Pool.generate(gen, labels, Sampling(), seed=0, shard_size=512)
+    disk = Pool.generate(gen, labels, Sampling(), seed=0, shard_size=512, root=tmp_path/'pool')
     assert len(read_index(tmp_path/'pool')['shards']) == 6
     assert_same(disk, mem, atol=0.5 / 255 + 1e-7)
     for i, (frac, sel, metric) in enumerate([(0.25, 'entropy', 'entropy'), (0.6, 'random', 'entropy'), (0.25, 'entropy', 'entropy'), (0.1, 'entropy', 'margin')]):
-        rm = mem.refresh(gen, clf, frac, selection=sel, metric=metric, seed=i)
-        rd = disk.refresh(gen, clf, frac, selection=sel, metric=metric, seed=i)
+        rm = mem.refresh(gen, clf, frac, Sampling(omega=0.05), selection=sel, metric=metric, seed=i)
+        rd = disk.refresh(gen, clf, frac, Sampling(omega=0.05), selection=sel, metric=metric, seed=i)
         assert torch.equal(rm['pruned_indices'], rd['pruned_indices'])
     assert_same(disk, mem, atol=0.5 / 255 + 1e-7)                       # image-for-image, within uint8 quantization
     torch.testing.assert_close(disk.score(clf), mem.score(clf))
@@ -207,8 +208,8 @@ def test_disk_pool_equals_memory_pool_across_several_shards_and_refreshes(tmp_pa
 
 def test_disk_use_stays_bounded_and_stale_files_are_cleaned(tmp_path):
     gen, clf = FakeGenerator(), make_classifier()
-    pool = Pool.generate(gen, balanced(200), seed=0, shard_size=100, root=tmp_path/'pool')
-    for i in range(12): pool.refresh(gen, clf, 0.25, seed=i)
+    pool = Pool.generate(gen, balanced(200), Sampling(), seed=0, shard_size=100, root=tmp_path/'pool')
+    for i in range(12): pool.refresh(gen, clf, 0.25, Sampling(omega=0.05), seed=i)
     index = read_index(tmp_path/'pool')
     files = set(pool_files(tmp_path/'pool'))
     assert set(index['shards']) | {index['meta'], INDEX} <= files
@@ -219,14 +220,14 @@ def test_disk_use_stays_bounded_and_stale_files_are_cleaned(tmp_path):
 
 def test_resume_from_a_checkpoint_one_refresh_back(tmp_path):
     gen, clf = FakeGenerator(), make_classifier()
-    pool = Pool.generate(gen, balanced(50), seed=0, shard_size=64, root=tmp_path/'pool')
-    pool.refresh(gen, clf, 0.5, seed=1)
+    pool = Pool.generate(gen, balanced(50), Sampling(), seed=0, shard_size=64, root=tmp_path/'pool')
+    pool.refresh(gen, clf, 0.5, Sampling(omega=0.05), seed=1)
     sd = pool.state_dict(); ref = Pool.from_state_dict(pickle.loads(pickle.dumps(sd)))
-    pool.refresh(gen, clf, 0.5, seed=2)                                 # crash here, before the next checkpoint
+    pool.refresh(gen, clf, 0.5, Sampling(omega=0.05), seed=2)                                 # crash here, before the next checkpoint
     resumed = Pool.from_state_dict(sd)                                  # the trainer resumes from sd
     assert_same(resumed, ref)
     assert_same(Pool.load(tmp_path/'pool'), ref)                        # the disk index follows the checkpoint
-    for s in (3, 4): resumed.refresh(gen, clf, 0.5, seed=s)
+    for s in (3, 4): resumed.refresh(gen, clf, 0.5, Sampling(omega=0.05), seed=s)
     with pytest.raises(FileNotFoundError, match="more than one refresh older"): Pool.from_state_dict(sd)
 
 
@@ -243,10 +244,10 @@ def crashing_replace(monkeypatch, fail_on):
 
 def test_crash_during_save_keeps_the_previous_file(tmp_path, monkeypatch):
     gen, clf = FakeGenerator(), make_classifier()
-    pool = Pool.generate(gen, balanced(10), seed=0)
+    pool = Pool.generate(gen, balanced(10), Sampling(), seed=0)
     pool.save(tmp_path/'pool.safetensors')
     saved = Pool.load(tmp_path/'pool.safetensors')
-    pool.refresh(gen, clf, 0.5, seed=1)
+    pool.refresh(gen, clf, 0.5, Sampling(omega=0.05), seed=1)
     crashing_replace(monkeypatch, lambda dst, n: True)
     with pytest.raises(OSError, match="simulated crash"): pool.save(tmp_path/'pool.safetensors')
     monkeypatch.undo()
@@ -260,20 +261,20 @@ def test_crash_during_save_keeps_the_previous_file(tmp_path, monkeypatch):
 def test_crash_during_disk_refresh_leaves_the_previous_pool(tmp_path, monkeypatch, fail_on):
     gen, clf = FakeGenerator(), make_classifier()
     root = tmp_path/'pool'
-    pool = Pool.generate(gen, balanced(100), seed=0, shard_size=128, root=root)
-    pool.refresh(gen, clf, 0.5, seed=1)
+    pool = Pool.generate(gen, balanced(100), Sampling(), seed=0, shard_size=128, root=root)
+    pool.refresh(gen, clf, 0.5, Sampling(omega=0.05), seed=1)
     before = Pool.from_state_dict(pool.state_dict())
     files_before = pool_files(root)
     match = {'first_shard': lambda d, n: d.name.startswith('shard'), 'meta': lambda d, n: d.name.startswith('meta'),
              'index': lambda d, n: d.name == INDEX}[fail_on]
     crashing_replace(monkeypatch, match)
-    with pytest.raises(OSError, match="simulated crash"): pool.refresh(gen, clf, 0.5, seed=2)
+    with pytest.raises(OSError, match="simulated crash"): pool.refresh(gen, clf, 0.5, Sampling(omega=0.05), seed=2)
     monkeypatch.undo()
     assert not [f for f in os.listdir(root) if '.tmp' in f]             # no temp files
     assert_same(pool, before)                                           # in memory: unchanged
     assert_same(Pool.load(root), before)                                # on disk: the previous pool, loadable
     assert set(files_before) <= set(pool_files(root))
-    pool.refresh(gen, clf, 0.5, seed=2)                                 # the next write succeeds and cleans orphans
+    pool.refresh(gen, clf, 0.5, Sampling(omega=0.05), seed=2)                                 # the next write succeeds and cleans orphans
     index = read_index(root)
     prev_generation = set(files_before) - {INDEX}
     assert set(pool_files(root)) <= set(index['shards']) | {index['meta'], INDEX} | prev_generation

@@ -2,7 +2,7 @@
 `--resume`, compared with the uninterrupted run: same history (but wall time), same final result, same weights, same pool.
 Two runs: the digits (pool in memory) and a folder dataset with a tiny Stable Diffusion (pool on disk, in shards).
 Commands run as fresh processes forked from a fork server that has imported dp-train (the reference runs and the
-SIGTERM from outside run the console script itself). Faults are injected with `store.fault_point` (`DP_FAULT=name:n:SIGNAL`); images sampled are counted with `DP_SAMPLED_LOG`.
+SIGTERM from outside run the console script itself). Faults are injected with `runfolder.fault_point` (`DP_FAULT=name:n:SIGNAL`); images sampled are counted with `DP_SAMPLED_LOG`.
 The tally (stages tried, identical resumes, images sampled twice) is printed at the end of pytest's output (conftest.py)."""
 import json, os, queue, shutil, signal, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor

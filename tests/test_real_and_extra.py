@@ -83,7 +83,7 @@ def test_extra_test_restricts_the_logits_to_its_classes(parts):
     from deliberate_practice.config import DPConfig
     from deliberate_practice.data import extra_test_split
     from deliberate_practice.trainer import DPTrainer
-    from deliberate_practice.store import make_accelerator
+    from deliberate_practice.runfolder import make_accelerator
     cfg = DPConfig(dataset='folder', data_root=str(parts / 'birds'), sd_path=str(parts / 'sd'))
     ds, idx = extra_test_split(cfg, 'two', parts / 'two' / 'test', 16)
     assert idx == [0, 2] and len(ds) == 10 and sorted(set(ds.targets)) == [0, 1]

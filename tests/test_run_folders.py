@@ -70,14 +70,15 @@ class HalfNaN(nn.Module):
         return out if self.training else torch.where((x.flatten(1).mean(1) > self.cut)[:, None], out * float('nan'), out)   # NaN gradients too
 
 def test_nonfinite_scores_pruned_first_and_counted():
+    from deliberate_practice.config import Sampling
     from deliberate_practice.pool import Pool
     from deliberate_practice.generators import load_digits_generator
     gen = load_digits_generator()
-    pool = Pool.generate(gen, torch.arange(40) % 10, n_steps=4, seed=0)
+    pool = Pool.generate(gen, torch.arange(40) % 10, Sampling(n_steps=4), seed=0)
     clf = HalfNaN(cut=pool.get_images(slice(None)).flatten(1).mean(1).quantile(0.7).item()).eval()   # the brightest 30% score NaN
     bad = torch.isnan(pool.score(clf))
     assert 0 < int(bad.sum()) < 20
-    info = pool.refresh(gen, clf, prune_frac=0.5, omega=0.2, n_steps=4, seed=1)
+    info = pool.refresh(gen, clf, prune_frac=0.5, sampling=Sampling(omega=0.2, n_steps=4), seed=1)
     assert set(bad.nonzero().squeeze(1).tolist()) <= set(info['pruned_indices'].tolist())     # NaN-scored images go first
     assert info['n_nonfinite_scores'] == int(bad.sum()) and info['n_guided'] == 20 * 4
     assert info['n_nonfinite'] > 0                                                             # guidance gradients through NaN were dropped

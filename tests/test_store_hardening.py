@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest, torch
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
-from deliberate_practice import store
-from deliberate_practice.store import (LOCK, INDEX, CHECKPOINT, LabelledImages, atomic_write, open_run_folder, release_run_folder, read_checkpoint,
-                                       read_index, load_part, save_part)
+from deliberate_practice import runfolder
+from deliberate_practice.store import INDEX, LabelledImages, atomic_write, read_index
+from deliberate_practice.runfolder import LOCK, CHECKPOINT, open_run_folder, release_run_folder, read_checkpoint, load_part, save_part
 
 FORK = multiprocessing.get_context('fork')    # children share this process's imports: they start in milliseconds
 
@@ -65,7 +65,7 @@ def test_garbage_lock_file_is_harmless(tmp_path):
     assert json.loads((d / LOCK).read_text()) == dict(pid=os.getpid(), host=socket.gethostname())
     release_run_folder(d)
     (d / LOCK).write_text('{"pid": 3}')                                 # garbage held by a live process: no name, still refused
-    fd = os.open(d / LOCK, os.O_RDWR); store.fcntl.flock(fd, store.fcntl.LOCK_EX)
+    fd = os.open(d / LOCK, os.O_RDWR); runfolder.fcntl.flock(fd, runfolder.fcntl.LOCK_EX)
     try:
         with pytest.raises(ValueError) as e: open_run_folder(d, fresh=False)
         assert f'out {d} is in use by another process (lock file' in _one_line(e)
@@ -75,9 +75,9 @@ def test_lock_is_reentrant_and_released(tmp_path):
     d = tmp_path / 'run'
     open_run_folder(d); open_run_folder(d, fresh=False)                 # the same process reopens its folder
     fd = os.open(d / LOCK, os.O_RDWR)
-    with pytest.raises(BlockingIOError): store.fcntl.flock(fd, store.fcntl.LOCK_EX | store.fcntl.LOCK_NB)
+    with pytest.raises(BlockingIOError): runfolder.fcntl.flock(fd, runfolder.fcntl.LOCK_EX | runfolder.fcntl.LOCK_NB)
     release_run_folder(d)                                               # one release frees it
-    store.fcntl.flock(fd, store.fcntl.LOCK_EX | store.fcntl.LOCK_NB); os.close(fd)
+    runfolder.fcntl.flock(fd, runfolder.fcntl.LOCK_EX | runfolder.fcntl.LOCK_NB); os.close(fd)
     release_run_folder(d); assert (d / LOCK).exists()                   # a second release does nothing
 
 def test_lock_after_the_folder_was_deleted(tmp_path):
@@ -86,12 +86,12 @@ def test_lock_after_the_folder_was_deleted(tmp_path):
     open_run_folder(d)
     fd = os.open(d / LOCK, os.O_RDWR)
     try:
-        with pytest.raises(BlockingIOError): store.fcntl.flock(fd, store.fcntl.LOCK_EX | store.fcntl.LOCK_NB)
+        with pytest.raises(BlockingIOError): runfolder.fcntl.flock(fd, runfolder.fcntl.LOCK_EX | runfolder.fcntl.LOCK_NB)
     finally: os.close(fd); release_run_folder(d)
 
 def test_without_fcntl_the_pid_file_lock(tmp_path, monkeypatch, capsys):
     "Where there is no fcntl (Windows) the pid-file lock stands in: a dead holder's lock is taken over, with a message, and removed on release."
-    monkeypatch.setattr(store, 'fcntl', None)
+    monkeypatch.setattr(runfolder, 'fcntl', None)
     d = tmp_path / 'run'; d.mkdir(); (d / LOCK).write_text(json.dumps(dict(pid=_dead_pid(), host=socket.gethostname())))
     open_run_folder(d, fresh=False)
     assert 'taking over the lock of process' in capsys.readouterr().err

@@ -68,18 +68,23 @@ def test_flow_edges_finds_bad_arrows():
     assert ('cli', 'ddim') not in dep and ('ddim', 'cli') in dep
 
 
+def notebook_order(name:str)->tuple:
+    "Where a notebook comes: `06_store` (6, ''), then `06a_runfolder` (6, 'a'), then `07_pool` (7, '')."
+    return int(name[:2]), name[2:name.index('_')]
+
+
 def test_notebooks_import_only_earlier_notebooks():
     "Each notebook (exported code, examples and tests alike) uses only modules whose notebooks come before it."
     number, cells = {}, {}
-    for p in sorted(NBS.glob('[0-9][0-9]_*.ipynb')):
+    for p in sorted(NBS.glob('[0-9][0-9]*_*.ipynb')):
         srcs = [''.join(c['source']) for c in json.loads(p.read_text())['cells'] if c['cell_type'] == 'code']
         mod = next(re.search(r'#\|\s*default_exp\s+(\w+)', s).group(1) for s in srcs if re.search(r'#\|\s*default_exp', s))
-        number[mod], cells[mod] = int(p.name[:2]), srcs
+        number[mod], cells[mod] = notebook_order(p.name), srcs
     assert sorted(number) == sorted(module_imports()), "one notebook per module"
     late = {}
     for mod, srcs in cells.items():
         used = {m for s in srcs for node in ast.walk(ast.parse(re.sub(r'(?m)^\s*[!%].*$', '', s))) for m in _imported(node, None)}
-        bad = sorted(m for m in used - {mod} if number.get(m, -1) > number[mod])
+        bad = sorted(m for m in used - {mod} if number.get(m, (-1, '')) > number[mod])
         if bad: late[mod] = bad
     assert not late, f"notebooks import modules of later notebooks: {late}"
 
@@ -98,7 +103,7 @@ def test_no_private_names_across_modules():
 def test_exported_cells_are_small():
     "About one definition per exported cell: the median exported cell has at most 10 lines of code."
     sizes = []
-    for p in sorted(NBS.glob('[0-9][0-9]_*.ipynb')):
+    for p in sorted(NBS.glob('[0-9][0-9]*_*.ipynb')):
         for c in json.loads(p.read_text())['cells']:
             src = ''.join(c['source'])
             if c['cell_type'] == 'code' and re.search(r'^#\|\s*export\s*$', src, re.M) and 'default_exp' not in src:
@@ -110,7 +115,7 @@ def test_exported_cells_are_small():
 def test_exported_cells_come_with_examples():
     "No more than 2 exported cells in a row without an example or test between them."
     long = {}
-    for p in sorted(NBS.glob('[0-9][0-9]_*.ipynb')):
+    for p in sorted(NBS.glob('[0-9][0-9]*_*.ipynb')):
         kinds = ''
         for c in json.loads(p.read_text())['cells']:
             src = ''.join(c['source'])

@@ -2,8 +2,8 @@
 import json, os, signal, subprocess
 import pytest
 from deliberate_practice.cli import dp_train, build_parser
-from deliberate_practice.store import read_tensorboard, TENSORBOARD
-import deliberate_practice.store as store
+from deliberate_practice.runfolder import read_tensorboard, TENSORBOARD
+import deliberate_practice.runfolder as runfolder
 
 ENV = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', MPLBACKEND='Agg')
 # the quick digits run of tests/test_cli.py, 3 epochs: the test split scored at epochs 2 and 3 only; omega not its default
@@ -37,7 +37,7 @@ def test_tensorboard_killed_and_resumed(tmp_path):
 
 @pytest.mark.parametrize('name', ['wandb', 'mlflow', 'trackio'])
 def test_missing_tracker_is_one_line_before_the_run(name, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(store, 'installed_trackers', lambda: ['tensorboard'])
+    monkeypatch.setattr(runfolder, 'installed_trackers', lambda: ['tensorboard'])
     assert _run(['--out', tmp_path / 'run', '--report-to', f'tensorboard,{name}', *FLAGS]) == 2
     assert capsys.readouterr().err == f'dp-train: error: --report-to {name} needs the {name} package: pip install {name}\n'
     assert not (tmp_path / 'run').exists()                                                    # nothing written, no model loaded
@@ -46,12 +46,12 @@ def test_missing_tracker_is_one_line_before_the_run(name, tmp_path, monkeypatch,
 
 
 def test_all_without_trackers_warns(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(store, 'installed_trackers', lambda: [])
+    monkeypatch.setattr(runfolder, 'installed_trackers', lambda: [])
     assert _run(['--out', tmp_path / 'run', '--report-to', 'all', *FLAGS, '--dry-run']) == 0
     out, err = capsys.readouterr()
     assert err == 'dp-train: warning: --report-to all: none of tensorboard, wandb, trackio, mlflow is installed: the run reports to no tracker\n'
     assert json.loads(out.splitlines()[-1])['trackers'] == []
-    monkeypatch.setattr(store, 'installed_trackers', lambda: ['tensorboard', 'mlflow'])
+    monkeypatch.setattr(runfolder, 'installed_trackers', lambda: ['tensorboard', 'mlflow'])
     assert _run(['--out', tmp_path / 'run', '--report-to', 'all', *FLAGS, '--dry-run']) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])['trackers'] == ['tensorboard', 'mlflow']
 

@@ -180,7 +180,7 @@ def test_bf16_mixed_precision_trains_in_bf16(parts):
 
 def test_resume_a_checkpoint_from_before_a_new_field(parts, tmp_path):
     "A run checkpointed by a version without a field added since (here `variant`) resumes, the field at its default; a real difference is still refused."
-    from deliberate_practice.store import read_checkpoint
+    from deliberate_practice.runfolder import read_checkpoint
     DPTrainer(DPConfig(**TINY, epochs=3), out=tmp_path, **parts).fit(stop_after=1)
     sd = read_checkpoint(tmp_path / 'checkpoint.pt'); del sd['config']['variant']
     torch.save(sd, tmp_path / 'checkpoint.pt')
