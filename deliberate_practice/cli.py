@@ -296,29 +296,30 @@ def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
     import warnings
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    from deliberate_practice.runfolder import preemptible, Preempted, PREEMPTED_EXIT
     try:
-        # from here, SIGTERM/SIGUSR1 stop the run cleanly
-        with preemptible():
-            kw, ns = parse_args(argv)
-            cfg = resolve_config(kw, ns)
-            if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
-            if getattr(ns, 'threads', None) is not None:
-                if ns.threads < 1: raise ValueError(f"threads must be >= 1, got {ns.threads}")
-                import torch
-                torch.set_num_threads(ns.threads)
-            if getattr(ns, 'dry_run', None):
-                return _report_dry_run(*dry_run(cfg, ns.out, getattr(ns, 'resume', False),
-                                                ns.dry_run == 'timed', getattr(ns, 'memory_limit', None),
-                                                                       getattr(ns, 'report_to', None)))
-            _train(cfg, ns, ['dp-train', *argv])
-    except Preempted as e:
-        print(f"dp-train: {e}; exiting with status {PREEMPTED_EXIT}: run the same command with "
-              "--resume to continue", file=sys.stderr, flush=True)
-        sys.exit(PREEMPTED_EXIT)
+        kw, ns = parse_args(argv)
+        cfg = resolve_config(kw, ns)
+        # answered before torch is imported
+        if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
+        from deliberate_practice.runfolder import preemptible, Preempted, PREEMPTED_EXIT
+        try:
+            # from here, SIGTERM/SIGUSR1 stop the run cleanly
+            with preemptible():
+                if getattr(ns, 'threads', None) is not None:
+                    if ns.threads < 1: raise ValueError(f"threads must be >= 1, got {ns.threads}")
+                    import torch
+                    torch.set_num_threads(ns.threads)
+                if getattr(ns, 'dry_run', None):
+                    return _report_dry_run(*dry_run(cfg, ns.out, getattr(ns, 'resume', False),
+                                                    ns.dry_run == 'timed', getattr(ns, 'memory_limit', None),
+                                                    getattr(ns, 'report_to', None)))
+                _train(cfg, ns, ['dp-train', *argv])
+        except Preempted as e:
+            print(f"dp-train: {e}; exiting with status {PREEMPTED_EXIT}: run the same command with "
+                  "--resume to continue", file=sys.stderr, flush=True)
+            sys.exit(PREEMPTED_EXIT)
     except (ValueError, OSError, FloatingPointError) as e: _fail(e)
     finally: warnings.showwarning = shown
-
 
 # %% ../nbs/10_cli.ipynb #96b75c84
 def refresh_schedule(cfg:DPConfig)->list:
@@ -866,20 +867,22 @@ def _generate(cfg:DPConfig, ns)->dict:
 def dp_generate(argv:list=None):  # command-line arguments (default: sys.argv[1:])
     "Console script: one worker of an initial pool made offline into `--out`; SIGTERM stops it after a batch."
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    from deliberate_practice.runfolder import preemptible, Preempted, PREEMPTED_EXIT
     try:
-        with preemptible():
-            ns = build_generate_parser().parse_args(argv)
-            kw = {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}), **config_flags(ns)}
-            cfg = preset(getattr(ns, 'preset', None) or kw.get('dataset', 'digits'), **kw)
-            if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
-            if getattr(ns, 'threads', None) is not None:
-                import torch
-                torch.set_num_threads(ns.threads)
-            _generate(cfg, ns)
-    except Preempted as e:
-        print(f"dp-generate: {e}; exiting with status {PREEMPTED_EXIT}: run it again to continue",
-              file=sys.stderr, flush=True)
-        sys.exit(PREEMPTED_EXIT)
+        ns = build_generate_parser().parse_args(argv)
+        kw = {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}), **config_flags(ns)}
+        cfg = preset(getattr(ns, 'preset', None) or kw.get('dataset', 'digits'), **kw)
+        # answered before torch is imported
+        if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
+        from deliberate_practice.runfolder import preemptible, Preempted, PREEMPTED_EXIT
+        try:
+            with preemptible():
+                if getattr(ns, 'threads', None) is not None:
+                    import torch
+                    torch.set_num_threads(ns.threads)
+                _generate(cfg, ns)
+        except Preempted as e:
+            print(f"dp-generate: {e}; exiting with status {PREEMPTED_EXIT}: run it again to continue",
+                  file=sys.stderr, flush=True)
+            sys.exit(PREEMPTED_EXIT)
     except (ValueError, OSError) as e: _fail(e, 'dp-generate')
 
