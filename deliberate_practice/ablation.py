@@ -704,8 +704,9 @@ WORKER_START = 'fork' if sys.platform == 'linux' else 'spawn'
 
 def _in_workers(todo, cfgs, out, finished, workers, init, bar, order):
     "Run `todo` in `workers` processes, calling `finished(k, result)` as each ends; epochs go to `bar`."
-    # threads > 1: spawn, no OpenMP pool copied
-    ctx = multiprocessing.get_context(WORKER_START if init[2] == 1 else 'spawn')
+    threads = init[2]   # init: `_worker_init`'s (generator, data, threads)
+    # forked with one thread; spawned with more, so that no OpenMP pool is copied
+    ctx = multiprocessing.get_context(WORKER_START if threads == 1 else 'spawn')
     q = ctx.Queue() if bar else None
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(*init, q)) as ex:
         futs = {ex.submit(_worker_run, cfgs[k], k[0], out): k for k in todo}

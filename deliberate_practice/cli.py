@@ -15,6 +15,7 @@ __all__ = ['CHOICES', 'REPEATABLE', 'GIB', 'MIB', 'GUIDANCE_VIEW_MIB', 'UNET_MIB
 
 # %% ../nbs/10_cli.ipynb #4e449efc
 import argparse, dataclasses, json, math, os, sys, textwrap, time
+from contextlib import contextmanager
 from pathlib import Path
 from fastcore.docments import docments
 from .config import (DPConfig, PRESETS, preset, check_value, config_from_file, SELECTIONS,
@@ -291,6 +292,16 @@ def _train(cfg:DPConfig, ns, command:list):
 
 
 # %% ../nbs/10_cli.ipynb #a4165806
+@contextmanager
+def _preemptible(name:str, hint:str):
+    "Run the block under `preemptible`; a preemption prints `name`, the exit status and `hint`, and exits."
+    from deliberate_practice.runfolder import preemptible, Preempted, PREEMPTED_EXIT
+    try:
+        with preemptible(): yield
+    except Preempted as e:
+        print(f"{name}: {e}; exiting with status {PREEMPTED_EXIT}: {hint}", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT)
+
 def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
     "Console script: run (or resume) Deliberate Practice training into `--out`."
     import warnings
@@ -301,23 +312,17 @@ def dp_train(argv:list=None):  # command-line arguments (default: sys.argv[1:])
         cfg = resolve_config(kw, ns)
         # answered before torch is imported
         if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
-        from deliberate_practice.runfolder import preemptible, Preempted, PREEMPTED_EXIT
-        try:
-            # from here, SIGTERM/SIGUSR1 stop the run cleanly
-            with preemptible():
-                if getattr(ns, 'threads', None) is not None:
-                    if ns.threads < 1: raise ValueError(f"threads must be >= 1, got {ns.threads}")
-                    import torch
-                    torch.set_num_threads(ns.threads)
-                if getattr(ns, 'dry_run', None):
-                    return _report_dry_run(*dry_run(cfg, ns.out, getattr(ns, 'resume', False),
-                                                    ns.dry_run == 'timed', getattr(ns, 'memory_limit', None),
-                                                    getattr(ns, 'report_to', None)))
-                _train(cfg, ns, ['dp-train', *argv])
-        except Preempted as e:
-            print(f"dp-train: {e}; exiting with status {PREEMPTED_EXIT}: run the same command with "
-                  "--resume to continue", file=sys.stderr, flush=True)
-            sys.exit(PREEMPTED_EXIT)
+        # from here, SIGTERM/SIGUSR1 stop the run cleanly
+        with _preemptible('dp-train', 'run the same command with --resume to continue'):
+            if getattr(ns, 'threads', None) is not None:
+                if ns.threads < 1: raise ValueError(f"threads must be >= 1, got {ns.threads}")
+                import torch
+                torch.set_num_threads(ns.threads)
+            if getattr(ns, 'dry_run', None):
+                return _report_dry_run(*dry_run(cfg, ns.out, getattr(ns, 'resume', False),
+                                                ns.dry_run == 'timed', getattr(ns, 'memory_limit', None),
+                                                getattr(ns, 'report_to', None)))
+            _train(cfg, ns, ['dp-train', *argv])
     except (ValueError, OSError, FloatingPointError) as e: _fail(e)
     finally: warnings.showwarning = shown
 
@@ -873,16 +878,10 @@ def dp_generate(argv:list=None):  # command-line arguments (default: sys.argv[1:
         cfg = preset(getattr(ns, 'preset', None) or kw.get('dataset', 'digits'), **kw)
         # answered before torch is imported
         if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
-        from deliberate_practice.runfolder import preemptible, Preempted, PREEMPTED_EXIT
-        try:
-            with preemptible():
-                if getattr(ns, 'threads', None) is not None:
-                    import torch
-                    torch.set_num_threads(ns.threads)
-                _generate(cfg, ns)
-        except Preempted as e:
-            print(f"dp-generate: {e}; exiting with status {PREEMPTED_EXIT}: run it again to continue",
-                  file=sys.stderr, flush=True)
-            sys.exit(PREEMPTED_EXIT)
+        with _preemptible('dp-generate', 'run it again to continue'):
+            if getattr(ns, 'threads', None) is not None:
+                import torch
+                torch.set_num_threads(ns.threads)
+            _generate(cfg, ns)
     except (ValueError, OSError) as e: _fail(e, 'dp-generate')
 

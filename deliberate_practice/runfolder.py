@@ -13,7 +13,7 @@ __all__ = ['CHECKPOINT', 'HISTORY', 'HISTORY_CSV', 'FINAL', 'TENSORBOARD', 'MODE
            'note_sampled']
 
 # %% ../nbs/06a_runfolder.ipynb #22bb2aed
-import atexit, csv, errno, glob, io, json, math, os, random, re, signal, socket, sys, time, uuid, zipfile
+import atexit, csv, errno, io, json, os, random, signal, socket, sys, time, zipfile
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -23,12 +23,10 @@ from torch import Tensor
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration
-from fastcore.basics import patch
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 from .config import DPConfig
-from .data import check_labels
-from .store import (atomic_write, write_text)
+from .store import atomic_write
 
 # %% ../nbs/06a_runfolder.ipynb #60b3c73d
 def rank_world(dist)->tuple:

@@ -8,20 +8,13 @@ __all__ = ['UMASK', 'INDEX', 'FORMAT', 'PROVENANCE', 'atomic_write', 'write_text
            'link_or_copy', 'save_store', 'load_store', 'provenance', 'LabelledImages']
 
 # %% ../nbs/06_store.ipynb #790618fe
-import atexit, csv, errno, glob, io, json, math, os, random, re, signal, socket, sys, time, uuid, zipfile
-from contextlib import contextmanager
-from functools import partial
+import errno, glob, json, math, os, re, uuid
 from pathlib import Path
-import numpy as np
 import torch
 from torch import Tensor
-from accelerate import Accelerator, PartialState
-from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration
 from fastcore.basics import patch
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
-from .config import DPConfig
 from .data import check_labels
 
 # %% ../nbs/06_store.ipynb #d9f9db2d
