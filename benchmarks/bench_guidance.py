@@ -7,27 +7,28 @@ Prints seconds per DDIM step and the ratio to plain CFG. No assertions on time.
 
     python benchmarks/bench_guidance.py [--repeats 5] [--threads N] [--device cuda]
 """
-import argparse, time
+import argparse, dataclasses, time
 import timm
 import torch
 import deliberate_practice.models  # noqa: F401  registers the timm `digits_cnn`
+from deliberate_practice.config import Sampling
 from deliberate_practice.generators import StableDiffusionGenerator, load_digits_generator, tiny_sd_components
 
-ROWS = [('plain CFG', dict(omega=0.0)),
-        ('guided, eps detached', dict(omega=0.1)),
-        ('guided, through denoiser', dict(omega=0.1, grad_through_denoiser=True)),
-        ('guided, eps detached, guide_every=5', dict(omega=0.1, guide_every=5))]
+ROWS = [('plain CFG', Sampling(omega=0.0)),
+        ('guided, eps detached', Sampling(omega=0.1)),
+        ('guided, through denoiser', Sampling(omega=0.1, grad_through_denoiser=True)),
+        ('guided, eps detached, guide_every=5', Sampling(omega=0.1, guide_every=5))]
 
 
 def bench(name, gen, labels, classifier, n_steps, repeats):
     "Seconds per DDIM step of each row: rows interleaved within every repeat (so background load hits all alike), best of `repeats`."
     print(f"\n{name}: batch {len(labels)}, {n_steps} DDIM steps, best of {repeats} (rows interleaved)")
-    for _, kw in ROWS: gen.sample(labels[:2], classifier=classifier, n_steps=2, **kw)      # warm-up
+    for _, s in ROWS: gen.sample(labels[:2], dataclasses.replace(s, n_steps=2), classifier=classifier)   # warm-up
     best = {row: float('inf') for row, _ in ROWS}
     for r in range(repeats):
-        for row, kw in ROWS:
+        for row, s in ROWS:
             t0 = time.perf_counter()
-            gen.sample(labels, classifier=classifier, n_steps=n_steps, seed=r, **kw)
+            gen.sample(labels, dataclasses.replace(s, n_steps=n_steps), classifier=classifier, seed=r)
             best[row] = min(best[row], (time.perf_counter() - t0) / n_steps)
     base = best[ROWS[0][0]]
     for row, s in best.items(): print(f"  {row:<38} {s * 1e3:8.2f} ms/step   {s / base:5.2f}x plain CFG")

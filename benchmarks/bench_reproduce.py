@@ -17,6 +17,7 @@ import argparse, os, statistics, subprocess, sys, tempfile, time
 import torch
 from unittest import mock
 import deliberate_practice.ablation as ablation
+from deliberate_practice.config import Sampling
 from deliberate_practice.ablation import SEEDS, ROWS, row_config, reproduce, scale_parts, initial_pool, run_row, write_outputs
 
 def _load(): return ' '.join(f'{x:.1f}' for x in os.getloadavg())
@@ -60,8 +61,8 @@ def main(rows=4, seeds=2, epochs=20, workers=2):
           f"workers give the 1-thread numbers: {strip(a) == strip(b)}   (load {_load()})")
 
     labels = torch.arange(1600) % 10
-    one_s, _ = _timed(lambda: gen.sample(labels, n_steps=10, seed=0, batch_size=None))
-    cap_s, _ = _timed(lambda: gen.sample(labels, n_steps=10, seed=0, batch_size=100))
+    one_s, _ = _timed(lambda: gen.sample(labels, Sampling(n_steps=10, batch_size=None), seed=0))
+    cap_s, _ = _timed(lambda: gen.sample(labels, Sampling(n_steps=10, batch_size=100), seed=0))
     print(f"1,600 images, 10 DDIM steps: one batch {one_s:.1f} s, batches of 100 {cap_s:.1f} s (one batch / capped: {one_s / cap_s:.2f}x)   (load {_load()})")
 
 def table(workers=2):

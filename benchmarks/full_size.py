@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_fl
 import diffusers
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
+from deliberate_practice.config import Sampling
 from deliberate_practice.generators import StableDiffusionGenerator, tiny_sd_components
 from deliberate_practice.guidance import cfg_combine, entropy, guided_ddim_sample
 from deliberate_practice.models import create_classifier, fit_classifier
@@ -335,8 +336,9 @@ def part_time(out:dict, real_comps:dict, lat:int, repeats:int)->dict:
     gen, vit = sd15_generator(real_comps, 'cpu', torch.float32, image_size=8 * lat), vit_b16('cpu')
     lab, z, _ = _inputs(gen, lat)
     def step(**kw):
-        return lambda: guided_ddim_sample(gen.denoiser(lab), z, gen.alpha_bar, 1, CFG_SCALE, classifier=vit, decode=gen.guidance_view,
-                                          **gen.sampler_kw, **kw)
+        s = Sampling(cfg_scale=CFG_SCALE, n_steps=1, **kw)
+        return lambda: guided_ddim_sample(gen.denoiser(lab), z, gen.alpha_bar, s, classifier=vit, decode=gen.guidance_view,
+                                          **gen.sampler_kw)
     rows = [('plain CFG step', step(omega=0.0)), ('guided, eps detached', step(omega=OMEGA)),
             ('guided, through UNet', step(omega=OMEGA, grad_through_denoiser=True)), ('ViT-B/16 fwd+bwd alone', lambda: vit_grad(vit, device='cpu'))]
     best = {n: math.inf for n, _ in rows}
@@ -371,8 +373,9 @@ def part_refresh(out:dict, real_comps:dict, checkpointing:bool, size:int=512, ra
     gen, vit = sd15_generator(comps, 'cpu', torch.float32, image_size=size, gradient_checkpointing=checkpointing), vit_b16('cpu')
     with LiveMemory() as mem:
         t0 = time.perf_counter()
-        imgs, stats = gen.sample([0, 1], cfg_scale=CFG_SCALE, omega=OMEGA, classifier=vit, n_steps=2, guidance_batch_size=1,
-                                 return_stats=True)
+        imgs, stats = gen.sample([0, 1],
+                                 Sampling(cfg_scale=CFG_SCALE, omega=OMEGA, n_steps=2, guidance_batch_size=1),
+                                 classifier=vit, return_stats=True)
         secs = time.perf_counter() - t0
     if tuple(imgs.shape) != (2, 3, CLASSIFIER_SIZE, CLASSIFIER_SIZE) or not torch.isfinite(imgs).all():
         raise RuntimeError(f"refresh returned {tuple(imgs.shape)} images (finite: {bool(torch.isfinite(imgs).all())})")
@@ -470,8 +473,9 @@ def sample_peak(gen, clf, batch:int, guidance_batch_size, through:bool)->float:
     "Peak activation MiB (`LiveMemory`) of one `gen.sample` of `batch` images as one generation batch: 2 DDIM steps, the first guided."
     lab = torch.arange(batch) % gen.n_classes
     with LiveMemory() as mem:
-        imgs = gen.sample(lab, cfg_scale=CFG_SCALE, omega=OMEGA, classifier=clf, n_steps=2, batch_size=batch, guide_every=2,
-                          guidance_batch_size=guidance_batch_size, grad_through_denoiser=through)
+        imgs = gen.sample(lab, Sampling(cfg_scale=CFG_SCALE, omega=OMEGA, n_steps=2, batch_size=batch, guide_every=2,
+                                        guidance_batch_size=guidance_batch_size, grad_through_denoiser=through),
+                          classifier=clf)
     if not torch.isfinite(imgs).all(): raise RuntimeError("genmem: the sample returned non-finite images")
     return mem.peak / MiB
 

@@ -15,12 +15,13 @@ timings mean nothing). The FGDS row's peak adds the UNet's graph (1.49 GiB per g
     python benchmarks/gpu_smoke.py [--gen-batch-size 64] [--guidance-batch-size 4] [--gradient-checkpointing] [--out gpu_smoke.json]
     OMP_NUM_THREADS=2 python benchmarks/gpu_smoke.py --device cpu --tiny      # the same code path in seconds, without a GPU
 """
-import argparse, json, time
+import argparse, dataclasses, json, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from diffusers import AutoencoderTiny
+from deliberate_practice.config import Sampling
 from deliberate_practice.generators import StableDiffusionGenerator, tiny_sd_components
 from deliberate_practice.models import create_classifier
 from deliberate_practice.pool import Pool
@@ -67,18 +68,20 @@ def build(a, device):
 def bench_sampling(a, device, gen, gen_taesd, clf)->dict:
     "Seconds per 50-step image and peak memory of plain vs guided sampling of one generation batch, side by side."
     labels = torch.arange(a.gen_batch_size) % gen.n_classes
-    kw = dict(cfg_scale=CFG_SCALE, classifier=clf, batch_size=a.gen_batch_size, guidance_batch_size=a.guidance_batch_size)
-    modes = [('plain CFG', gen, dict(omega=0.0)), ('guided, every step', gen, dict(omega=OMEGA)),
-             (f'guided, guide_every={a.guide_every}', gen, dict(omega=OMEGA, guide_every=a.guide_every)),
-             (f'FGDS form (preset), guide_every={a.guide_every}', gen, dict(omega=OMEGA, guide_every=a.guide_every, guidance_form='fgds')),
-             ('guided, every step, TAESD view', gen_taesd, dict(omega=OMEGA))]
-    for _, g, m in modes: g.sample(labels, n_steps=1, **kw, **m)   # warm-up at the timed shapes: kernels, cuDNN autotuning
+    S = Sampling(cfg_scale=CFG_SCALE, n_steps=a.n_steps, batch_size=a.gen_batch_size, guidance_batch_size=a.guidance_batch_size)
+    modes = [('plain CFG', gen, dataclasses.replace(S, omega=0.0)), ('guided, every step', gen, dataclasses.replace(S, omega=OMEGA)),
+             (f'guided, guide_every={a.guide_every}', gen, dataclasses.replace(S, omega=OMEGA, guide_every=a.guide_every)),
+             (f'FGDS form (preset), guide_every={a.guide_every}', gen,
+              dataclasses.replace(S, omega=OMEGA, guide_every=a.guide_every, guidance_form='fgds')),
+             ('guided, every step, TAESD view', gen_taesd, dataclasses.replace(S, omega=OMEGA))]
+    # warm-up at the timed shapes: kernels, cuDNN autotuning
+    for _, g, m in modes: g.sample(labels, dataclasses.replace(m, n_steps=1), classifier=clf)
     z = torch.randn(a.gen_batch_size, *gen.latent_shape, device=device)
     with torch.no_grad(): _, t_dec = timed(lambda: gen.decode(z), device)
     res = {}
     for name, g, m in modes:
         reset_peak(device)
-        imgs, secs = timed(lambda: g.sample(labels, n_steps=a.n_steps, **kw, **m), device)
+        imgs, secs = timed(lambda: g.sample(labels, m, classifier=clf), device)
         if not torch.isfinite(imgs).all(): raise RuntimeError(f"{name}: non-finite images")
         per_image = ((secs - t_dec) * N_STEPS / a.n_steps + t_dec) / a.gen_batch_size
         res[name] = dict(seconds=secs, s_per_50_step_image=per_image, images_per_s=1 / per_image, peak_gib=peak_gib(device))

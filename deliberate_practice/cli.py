@@ -6,9 +6,9 @@
 __all__ = ['CHOICES', 'REPEATABLE', 'GIB', 'MIB', 'GUIDANCE_VIEW_MIB', 'UNET_MIB_PER_LATENT_PX', 'UNET_GRAD_MIB_PER_LATENT_PX',
            'DECODE_MIB_PER_LATENT_PX', 'GEN_STATE_LATENTS', 'TRAIN_MIB_PER_IMAGE', 'SD15_TFLOP_PER_STEP',
            'SD15_DECODE_TFLOP', 'SD15_LATENT_PX', 'GPU_PEAK_TFLOPS', 'ASSUMED_MFU', 'REPRODUCE_ARGS', 'flag_names',
-           'presets_help', 'add_config_flags', 'build_parser', 'config_flags', 'parse_args', 'LineReporter',
-           'console_reporter', 'CurvesWriter', 'resolve_config', 'dp_train', 'refresh_schedule', 'plan_counts',
-           'activation_bytes', 'meta_classifier', 'estimate_memory', 'timed_steps', 'disk_needed_gib',
+           'presets_help', 'add_config_flags', 'add_config_args', 'build_parser', 'config_flags', 'parse_args',
+           'LineReporter', 'console_reporter', 'CurvesWriter', 'resolve_config', 'dp_train', 'refresh_schedule',
+           'plan_counts', 'activation_bytes', 'meta_classifier', 'estimate_memory', 'timed_steps', 'disk_needed_gib',
            'classifier_params', 'check_disk', 'guidance_view', 'image_tflop', 'generation_cost', 'dry_run',
            'build_reproduce_parser', 'shared_pools', 'dp_reproduce', 'worker_slot', 'build_generate_parser',
            'dp_generate']
@@ -24,7 +24,7 @@ from .config import (DPConfig, PRESETS, preset, check_value, config_from_file, S
                                         in_decay_phase, steps_per_epoch,
                                         process_batches, pool_size_problem, initial_sampling, parse_overrides,
                                         reproduce_configs,
-                                        pool_key, row_config, ROWS)
+                                        pool_key, row_config, ROWS, Sampling)
 
 # %% ../nbs/10_cli.ipynb #751288f9
 class _OneLineParser(argparse.ArgumentParser):
@@ -67,6 +67,17 @@ def add_config_flags(p:argparse.ArgumentParser, skip:tuple=())->argparse.Argumen
     return p
 
 
+# %% ../nbs/10_cli.ipynb #0e376ec1
+def add_config_args(p:argparse.ArgumentParser)->argparse.ArgumentParser:
+    "Add `--preset`, `--config` and `--print-config`, which `dp-train` and `dp-generate` share."
+    p.add_argument(*flag_names('preset'), choices=tuple(PRESETS),
+                   help="start from a preset (default: --dataset's preset, else digits)")
+    p.add_argument(*flag_names('config'), metavar='FILE',
+            help="JSON or YAML file of DPConfig fields (a run's final.json works as is); flags override it")
+    p.add_argument(*flag_names('print_config'), action='store_true', dest='print_config',
+                   help='print the resolved configuration as JSON and exit (loads no model or data)')
+    return p
+
 # %% ../nbs/10_cli.ipynb #067ee039
 def build_parser()->argparse.ArgumentParser:
     "The `dp-train` parser: run flags (`--out`, `--resume`, `--preset`, ...) and a flag per `DPConfig` field."
@@ -78,12 +89,7 @@ def build_parser()->argparse.ArgumentParser:
     p.add_argument('--out', help='run folder: checkpoint.pt, history.jsonl, history.csv, final.json '
                                  '(required, but with --print-config)')
     p.add_argument('--resume', action='store_true', help="continue the run in --out from its checkpoint")
-    p.add_argument(*flag_names('preset'), choices=tuple(PRESETS),
-                   help="start from a preset (default: --dataset's preset, else digits)")
-    p.add_argument(*flag_names('config'), metavar='FILE',
-            help="JSON or YAML file of DPConfig fields (a run's final.json works as is); flags override it")
-    p.add_argument(*flag_names('print_config'), action='store_true', dest='print_config',
-                   help='print the resolved configuration as JSON and exit (loads no model or data)')
+    add_config_args(p)
     p.add_argument(*flag_names('dry_run'), nargs='?', const='check', choices=('check', 'timed'),
                    dest='dry_run',
                    help='check data, weights, run folder and devices, print the plan (images, steps, memory; '
@@ -463,13 +469,15 @@ def timed_steps(cfg:DPConfig, parts:dict, classifier, steps:int=2)->dict:
     from deliberate_practice.trainer import EVAL_BATCH_SIZE
     gen, n = parts['generator'], min(cfg.gen_batch_size or 4, 4)
     labels = torch.arange(n) % gen.n_classes
-    def t(**kw):
+    def t(sampling:Sampling):
         t0 = time.perf_counter()
-        gen.sample(labels, n_steps=steps, seed=0, classifier=classifier, **kw)
+        gen.sample(labels, sampling, classifier, seed=0)
         return (time.perf_counter() - t0) / (n * steps)
-    t(omega=0.0)                                                                           # warm-up
-    plain, guided = t(omega=0.0, cfg_scale=cfg.cfg_scale_init), t(omega=max(cfg.omega, 1e-3),
-            cfg_scale=cfg.cfg_scale, guidance_batch_size=cfg.guidance_batch_size)
+    t(Sampling(n_steps=steps))                                                             # warm-up
+    plain = t(Sampling(cfg.cfg_scale_init, n_steps=steps))
+    # every step guided: `image_refresh` below counts the guided steps
+    guided = t(Sampling(cfg.cfg_scale, max(cfg.omega, 1e-3), steps,
+                        guidance_batch_size=cfg.guidance_batch_size))
     opt, b = torch.optim.AdamW(classifier.parameters(), lr=cfg.lr), max(1, min(cfg.batch_size, 16))
     x, y = torch.rand(b, *gen.image_shape, device=gen.device), torch.arange(
         b, device=gen.device) % gen.n_classes
@@ -827,12 +835,7 @@ def build_generate_parser()->argparse.ArgumentParser:
                    help='this worker (default: SLURM_ARRAY_TASK_ID, else the accelerate process, else 0)')
     p.add_argument(*flag_names('num_workers'), type=int, dest='n_workers',
             help='generation workers (default: SLURM_ARRAY_TASK_COUNT, else the accelerate processes, else 1)')
-    p.add_argument(*flag_names('preset'), choices=tuple(PRESETS),
-                   help="start from a preset (default: --dataset's preset, else digits)")
-    p.add_argument(*flag_names('config'), metavar='FILE',
-                   help="JSON or YAML file of DPConfig fields; flags override it")
-    p.add_argument(*flag_names('print_config'), action='store_true', dest='print_config',
-                   help='print the resolved configuration as JSON and exit')
+    add_config_args(p)
     p.add_argument(*flag_names('threads'), type=int, metavar='N', help="torch CPU threads (default: torch's)")
     p.add_argument(*flag_names('quiet'), action='store_true', help='no line per shard')
     return add_config_flags(p, skip=('num_workers',))

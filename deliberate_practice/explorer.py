@@ -38,14 +38,11 @@ def explorer_labels(class_name:str,     # a name from `class_names`, or `ALL_CLA
 def sample_and_score(generator,                     # follows the `.sample` contract (`05_generators`)
                      classifier,                    # float images in [0, 1] -> logits
                      labels:Tensor,                 # (B,) class indices
-                     cfg_scale:float=Sampling.cfg_scale, # classifier-free guidance scale lambda
-                     omega:float=Sampling.omega,    # entropy-guidance weight
-                     n_steps:int=Sampling.n_steps,  # DDIM steps
+                     sampling:Sampling=Sampling(),  # cfg_scale, omega, n_steps
                      seed:int=0,                    # the generator's seed
                     )->dict:                        # images, labels, logits, entropy, pred, n_nonfinite
     "Generate one image per label and score it with `classifier` (eval mode, no gradients)."
-    images, stats = generator.sample(labels, cfg_scale=cfg_scale, omega=omega, classifier=classifier,
-                                     n_steps=n_steps, seed=seed, return_stats=True)
+    images, stats = generator.sample(labels, sampling, classifier, seed=seed, return_stats=True)
     with eval_mode(classifier), torch.no_grad():    # on the classifier's device and dtype
         logits = classifier(images.to(*module_device_dtype(classifier))).float().cpu()
     return dict(images=images, labels=torch.as_tensor(labels), logits=logits, entropy=entropy(logits),
@@ -210,8 +207,8 @@ def update(self:Explorer, **controls)->dict:
     self._set_controls(controls)
     s = self.settings
     labels = explorer_labels(s['class'], self.generator.class_names, self.n_images)
-    self.result = r = sample_and_score(self.generator, self.classifier, labels, s['cfg_scale'], s['omega'],
-                                       s['n_steps'], s['seed'])
+    sampling = Sampling(s['cfg_scale'], s['omega'], s['n_steps'])
+    self.result = r = sample_and_score(self.generator, self.classifier, labels, sampling, s['seed'])
     self.status.value = (f"mean entropy {r['entropy'].mean():.3f} nats; "
                          f"{int((r['pred'] == labels).sum())}/{len(labels)} predicted as generated"
                          + (f"; {r['n_nonfinite']} non-finite guidance steps rejected" if r['n_nonfinite']

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from .ddim import alpha_bars
 from .guidance import GuidanceStats, guided_ddim_sample
 from .data import dataset_entry, check_labels
-from .config import DPConfig, DIGITS_WEIGHTS, digits_weights, Sampling
+from .config import DPConfig, DIGITS_WEIGHTS, digits_weights, Sampling, check_sampling
 
 # %% ../nbs/05_generators.ipynb #7835d1f7
 @runtime_checkable
@@ -38,9 +38,8 @@ class Generator(Protocol):
     image_shape:tuple    # (C, H, W) of the images `sample` returns
     @property
     def n_classes(self)->int: ...
-    def sample(self, labels, cfg_scale:float=Sampling.cfg_scale, omega:float=Sampling.omega, classifier=None, n_steps:int=Sampling.n_steps,
-               seed:int=0, batch_size:int=None,
-               progress=False, return_stats:bool=False, **guidance_kw): ...
+    def sample(self, labels, sampling:Sampling=Sampling(), classifier=None, seed:int=0, progress=False,
+               return_stats:bool=False): ...
 
 # %% ../nbs/05_generators.ipynb #d1a77b39
 def initial_noise(n:int,          # number of images
@@ -80,25 +79,20 @@ class DiffusionGenerator:
         "The classifier input the entropy gradient goes through (differentiable); by default `decode`."
         return self.decode(x0_hat)
     def sample(self, labels,                       # class index per image
-               cfg_scale:float=Sampling.cfg_scale, # classifier-free guidance scale lambda
-               omega:float=Sampling.omega,         # entropy-guidance weight (0: plain CFG sampling)
+               sampling:Sampling=Sampling(),       # cfg_scale, omega, n_steps, batch sizes, guidance options
                classifier=None,                    # classifier whose entropy is raised; needed when omega > 0
-               n_steps:int=Sampling.n_steps,       # DDIM steps
                seed:int=0,                         # image i starts from noise seeded seed * 1_000_003 + i
-               batch_size:int=None,                # images per forward pass (None: all at once)
                progress=False,                     # True: a fastprogress bar; a function: called per batch
                return_stats:bool=False,            # also return the merged `GuidanceStats`
                first_index:int=0,                  # index of labels[0] in a larger call
-               **guidance_kw,                      # passed to `guided_ddim_sample` (guide_every, eta, ...)
               ):                                   # float32 images in [0, 1], (B, *image_shape), on the CPU
         "Generate one image per label with guided DDIM (eq. 5)."
+        check_sampling(sampling)
         labels = check_labels(labels, self.n_classes)
-        if batch_size is None: batch_size = max(len(labels), 1)
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = sampling.batch_size or max(len(labels), 1)
         x_T = initial_noise(len(labels), self.latent_shape, seed, first_index)
-        kw = {**self.sampler_kw, 'generator': torch.Generator().manual_seed(seed), **guidance_kw}
-        starts = range(0, len(labels), int(batch_size))
+        kw = {**self.sampler_kw, 'generator': torch.Generator().manual_seed(seed)}
+        starts = range(0, len(labels), batch_size)
         imgs, parts, bars = [torch.empty(0, *self.image_shape)], [], progress is True
         for s in (progress_bar(starts, leave=False) if bars and len(starts) > 1 else starts):
             lab = labels[s:s + batch_size].to(self.device)
@@ -107,15 +101,15 @@ class DiffusionGenerator:
             # the denoiser of some rows: through-denoiser micro-batches
             rows = lambda r, lab=lab, idx=idx: self.denoiser_at(lab[r], idx[r])
             x0, st = guided_ddim_sample(self.denoiser_at(lab, idx), x_T[s:s + batch_size].to(self.device),
-                                        self.alpha_bar, n_steps, cfg_scale, omega, classifier,
-                                        self.guidance_view, progress=bars and len(starts) == 1,
-                                        denoise_rows=rows, **kw)
+                                        self.alpha_bar, sampling, classifier, self.guidance_view,
+                                        progress=bars and len(starts) == 1, denoise_rows=rows, **kw)
             with torch.no_grad():
-                imgs.append(_decode_chunks(self.decode, x0, guidance_kw.get('guidance_batch_size')))
+                imgs.append(_decode_chunks(self.decode, x0, sampling.guidance_batch_size))
             parts.append((st, len(lab)))
             if callable(progress): progress(len(lab))
         images = torch.cat(imgs)
         return (images, _merge_stats(parts) if parts else GuidanceStats()) if return_stats else images
+
 
 # %% ../nbs/05_generators.ipynb #40f17e72
 NULL_LABEL = 10

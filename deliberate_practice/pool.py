@@ -18,7 +18,8 @@ from fastcore.basics import patch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from fastprogress.fastprogress import progress_bar
-from .config import SCORE_METRICS, SELECTIONS as RUN_SELECTIONS, Sampling, legacy_selection
+from .config import (SCORE_METRICS, SELECTIONS as RUN_SELECTIONS, Sampling, check_sampling,
+                                        legacy_selection)
 from .data import check_labels, balanced_labels
 from .guidance import entropy, eval_mode
 from .store import (LabelledImages, as_float, open_shards, to_uint8, PROVENANCE,
@@ -108,13 +109,6 @@ def _select(scores:Tensor, n:int, k:int, selection:str, seed:int)->Tensor:
     else: idx = torch.sort(torch.where(torch.isfinite(scores), scores, -math.inf), stable=True).indices[:k]
     return idx.sort().values
 
-# %% ../nbs/07_pool.ipynb #6bac0407
-def _check_sampling(sampling):
-    "Raise unless `sampling` is a `config.Sampling` (its fields were checked when it was built)."
-    if not isinstance(sampling, Sampling):
-        raise ValueError("sampling must be a config.Sampling, e.g. Sampling(omega=0.05), "
-                         f"got {type(sampling).__name__}")
-
 # %% ../nbs/07_pool.ipynb #7fa8e1a8
 @patch
 def refresh(self:Pool,
@@ -138,7 +132,7 @@ def refresh(self:Pool,
     except (TypeError, ValueError): ok = False
     if not ok: raise ValueError(f"prune_frac must be a number in [0, 1], got {prune_frac!r}")
     selection = legacy_selection(selection)
-    _check_sampling(sampling)
+    check_sampling(sampling)
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if metric not in METRICS: raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -220,7 +214,7 @@ def generate(cls:Pool,
             )->'Pool':
     "The initial pool (round 0, no classifier yet); it keeps `dist` and `scratch` for its refreshes."
     labels = check_labels(labels, generator.n_classes)
-    _check_sampling(sampling)
+    check_sampling(sampling)
     if not len(labels): raise ValueError("labels must not be empty: a pool needs at least one image")
     pool = cls(torch.empty(0, *generator.image_shape), labels[:0], shard_size=shard_size, root=root)
     n, pool.dist, pool.scratch = len(labels), dist, scratch
@@ -235,18 +229,19 @@ def generate(cls:Pool,
 # %% ../nbs/07_pool.ipynb #a093adda
 def sample_range(generator,                 # a generator (`generators.Generator`)
                  labels, start:int, stop:int, # the call's labels, and the slice of them to generate
-                 sampling:Sampling=Sampling(),  # how to sample: `generator.sample`'s keyword arguments
+                 sampling:Sampling=Sampling(),  # how to sample
                  seed:int=0, classifier=None, progress=False, return_stats:bool=False):
-    "Images `start:stop` of `generator.sample(labels, seed=seed, ...)`, generating only those."
+    "Images `start:stop` of `generator.sample(labels, sampling, classifier, seed=seed)`, made alone."
     from deliberate_practice.generators import DiffusionGenerator
-    kw = dict(sampling.sample_kw(), classifier=classifier, seed=seed, progress=progress)
-    if (start, stop) == (0, len(labels)): return generator.sample(labels, return_stats=return_stats, **kw)
+    kw = dict(seed=seed, progress=progress)
+    if (start, stop) == (0, len(labels)):
+        return generator.sample(labels, sampling, classifier, return_stats=return_stats, **kw)
     # no per-image seeds to slice: the whole call, sliced
     if not isinstance(generator, DiffusionGenerator):
-        x, st = generator.sample(labels, return_stats=True, **kw)
+        x, st = generator.sample(labels, sampling, classifier, return_stats=True, **kw)
         return (x[start:stop], st) if return_stats else x[start:stop]
     labels = check_labels(labels, generator.n_classes)[start:stop]
-    return generator.sample(labels, first_index=start, return_stats=return_stats, **kw)
+    return generator.sample(labels, sampling, classifier, first_index=start, return_stats=return_stats, **kw)
 
 # %% ../nbs/07_pool.ipynb #d0a13574
 @patch

@@ -6,6 +6,7 @@ import torch
 from deliberate_practice import ablation
 from deliberate_practice.ablation import (ROWS, REAL_ROW, PAPER_TABLE1, SCALES, row_config, reproduce, run_dir, run_row,
                                           RESULT, RESULTS, TABLE, FIGURE, scale_parts, pool_key, initial_pool, claims, paired_ci, image_share)
+from deliberate_practice.config import Sampling
 from deliberate_practice.trainer import DPTrainer, CHECKPOINT
 from deliberate_practice.cli import dp_reproduce
 
@@ -130,7 +131,7 @@ def test_imagenet_parts_at_image_size(tmp_path):
     cfg = row_config('dp-p8-100', 'imagenet100', data_root=str(tmp_path / 'in'), sd_path=str(tmp_path / 'sd'), device='cpu', image_size=24)
     gen, data = scale_parts(cfg)
     assert (gen.image_shape, gen.generation_size) == ((3, 24, 24), 16)
-    assert gen.sample([0, 5], n_steps=2).shape == (2, 3, 24, 24)
+    assert gen.sample([0, 5], Sampling(n_steps=2)).shape == (2, 3, 24, 24)
     assert data['val'][0][0].shape == data['test'][0][0].shape == (3, 24, 24)
     with pytest.raises(ValueError, match='image_size is 32 but the generator returns'):
         _default_parts(row_config('dp-p8-100', 'imagenet100', **IMAGENET, device='cpu', image_size=32), gen, data, None)

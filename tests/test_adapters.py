@@ -4,11 +4,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from deliberate_practice import pool
+from deliberate_practice.config import Sampling
 from deliberate_practice.generators import StableDiffusionGenerator, load_adapters, tiny_sd_components
 
 peft = pytest.importorskip('peft', reason='diffusers loads LoRA weights through peft')
 
-LABELS, KW = [0, 1], dict(n_steps=2, seed=0)
+LABELS, KW = [0, 1], dict(sampling=Sampling(n_steps=2), seed=0)
 
 
 def tiny_gen(prompts=('a <tiny> tench', 'a goldfish')):

@@ -79,7 +79,7 @@ class Flaky:
     "A stand-in generator (per-call seeded noise) that can fail on its k-th call: an interrupted generation."
     n_classes, class_names, image_shape = 10, [str(i) for i in range(10)], (1, 8, 8)
     def __init__(self, fail_at=None): self.calls, self.fail_at = 0, fail_at
-    def sample(self, labels, seed=0, return_stats=False, **kw):
+    def sample(self, labels, sampling=Sampling(), classifier=None, seed=0, progress=False, return_stats=False):
         self.calls += 1
         if self.calls == self.fail_at: raise RuntimeError('killed')
         x = torch.rand(len(labels), 1, 8, 8, generator=torch.Generator().manual_seed(seed))

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from deliberate_practice.config import Sampling
 from deliberate_practice.explorer import ALL_CLASSES, CONTROLS, Explorer, explore, plot_entropy_hist, plot_samples, refresh_entropies
 from deliberate_practice.guidance import entropy
 
@@ -17,10 +18,10 @@ class PrototypeGenerator:
 
     def __init__(self): self.calls = []
 
-    def sample(self, labels, cfg_scale=2.0, omega=0.0, classifier=None, n_steps=20, seed=0, batch_size=None, progress=False,
-               return_stats=False, **kw):
-        labels = torch.as_tensor(labels).long()
-        self.calls.append(dict(labels=labels.clone(), cfg_scale=cfg_scale, omega=omega, n_steps=n_steps, seed=seed, classifier=classifier))
+    def sample(self, labels, sampling=Sampling(), classifier=None, seed=0, progress=False, return_stats=False):
+        labels, omega = torch.as_tensor(labels).long(), sampling.omega
+        self.calls.append(dict(labels=labels.clone(), cfg_scale=sampling.cfg_scale, omega=omega, n_steps=sampling.n_steps,
+                               seed=seed, classifier=classifier))
         x = torch.zeros(len(labels), 16)
         x[torch.arange(len(labels)), labels] = 1.0
         noise = 0.02 * torch.rand(len(labels), 16, generator=torch.Generator().manual_seed(seed))

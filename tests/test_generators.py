@@ -1,9 +1,10 @@
 """Generators: seeding and batch-size invariance, label validation, the tiny Stable Diffusion pipeline end to end and against diffusers'
 own pipeline, the guidance memory levers, weight files."""
-import json, re, shutil
+import dataclasses, json, re, shutil
 import pytest
 import torch
 from torch import nn
+from deliberate_practice.config import Sampling
 from deliberate_practice.data import digits_splits
 from deliberate_practice.generators import (DIGITS_TRAINING, SD_SUBFOLDERS, StableDiffusionGenerator, check_labels, digits_unet,
                                             initial_noise, load_digits_generator, save_digits_unet, tiny_sd_components, tiny_taesd,
@@ -37,9 +38,10 @@ LABELS = torch.arange(10).repeat(3)
 def test_digits_batch_size_invariance(gen, omega):
     "Batching changes nothing but float round-off (which entropy guidance may amplify a little, never into another image)."
     clf = tiny_classifier(1, 10)
-    ref, st = gen.sample(LABELS, omega=omega, classifier=clf, seed=3, n_steps=8, return_stats=True)
+    ref, st = gen.sample(LABELS, Sampling(omega=omega, n_steps=8), classifier=clf, seed=3, return_stats=True)
     for bs in (1, 7):
-        out, st_b = gen.sample(LABELS[:14] if bs == 1 else LABELS, omega=omega, classifier=clf, seed=3, n_steps=8, batch_size=bs,
+        out, st_b = gen.sample(LABELS[:14] if bs == 1 else LABELS,
+                               Sampling(omega=omega, n_steps=8, batch_size=bs), classifier=clf, seed=3,
                                return_stats=True)
         diff = (out - ref[:len(out)]).abs()
         assert diff.max() < (1e-5 if omega == 0 else 5e-3) and diff.mean() < 1e-5
@@ -49,10 +51,10 @@ def test_digits_batch_size_invariance(gen, omega):
 
 
 def test_digits_seed(gen):
-    a = gen.sample(LABELS, seed=0, n_steps=10)
-    assert torch.equal(a, gen.sample(LABELS, seed=0, n_steps=10))              # same seed: identical
-    torch.testing.assert_close(a[:5], gen.sample(LABELS[:5], seed=0, n_steps=10), atol=1e-5, rtol=0)  # prefix does not depend on the tail
-    assert (a - gen.sample(LABELS, seed=1, n_steps=10)).abs().mean() > 0.05     # another seed: other images
+    a = gen.sample(LABELS, Sampling(n_steps=10), seed=0)
+    assert torch.equal(a, gen.sample(LABELS, Sampling(n_steps=10), seed=0))              # same seed: identical
+    torch.testing.assert_close(a[:5], gen.sample(LABELS[:5], Sampling(n_steps=10), seed=0), atol=1e-5, rtol=0)  # prefix does not depend on the tail
+    assert (a - gen.sample(LABELS, Sampling(n_steps=10), seed=1)).abs().mean() > 0.05     # another seed: other images
     assert a.shape == (30, 1, 8, 8) and a.dtype == torch.float32 and a.min() >= 0 and a.max() <= 1
 
 
@@ -64,9 +66,10 @@ def test_digits_label_changes_image(gen):
 
 def test_guidance_changes_images(gen):
     clf = tiny_classifier(1, 10)
-    a = gen.sample(LABELS, seed=0, n_steps=10)
-    b = gen.sample(LABELS, seed=0, n_steps=10, omega=1.0, classifier=clf)
-    c = gen.sample(LABELS, seed=0, n_steps=10, omega=1.0, classifier=clf, grad_through_denoiser=True)
+    a = gen.sample(LABELS, Sampling(n_steps=10), seed=0)
+    b = gen.sample(LABELS, Sampling(omega=1.0, n_steps=10), seed=0, classifier=clf)
+    c = gen.sample(LABELS, Sampling(omega=1.0, n_steps=10, grad_through_denoiser=True), seed=0,
+                   classifier=clf)
     assert (a - b).abs().mean() > 1e-3 and (a - c).abs().mean() > 1e-3 and (b - c).abs().mean() > 1e-4
 
 
@@ -79,7 +82,7 @@ def test_label_validation(gen, labels, match):
 
 @pytest.mark.parametrize('bs', [0, -2, 1.5])
 def test_batch_size_validation(gen, bs):
-    with pytest.raises(ValueError, match='batch_size'): gen.sample([1, 2], batch_size=bs)
+    with pytest.raises(ValueError, match='batch_size'): gen.sample([1, 2], Sampling(batch_size=bs))
 
 
 def test_empty_and_array_labels(gen):
@@ -87,12 +90,13 @@ def test_empty_and_array_labels(gen):
     assert gen.sample([]).shape == (0, 1, 8, 8)
     out, st = gen.sample([], return_stats=True)
     assert st.n_guided_steps == 0
-    assert torch.equal(gen.sample(np.array([1, 2]), n_steps=5), gen.sample(torch.tensor([1, 2]), n_steps=5))
+    assert torch.equal(gen.sample(np.array([1, 2]), Sampling(n_steps=5)), gen.sample(torch.tensor([1, 2]),
+                                                                           Sampling(n_steps=5)))
     assert torch.equal(check_labels((4, 5), 10), torch.tensor([4, 5]))
 
 
 def test_omega_needs_classifier(gen):
-    with pytest.raises(ValueError, match='classifier'): gen.sample([1], omega=0.1)
+    with pytest.raises(ValueError, match='classifier'): gen.sample([1], Sampling(omega=0.1))
 
 
 def test_null_label_must_be_extra_class():
@@ -116,7 +120,7 @@ def test_save_load_roundtrip(tmp_path):
     stem = save_digits_unet(unet, tmp_path / 'w', training=dict(DIGITS_TRAINING, n_steps=2))
     g2 = load_digits_generator(path=stem)
     for k, v in unet.state_dict().items(): assert torch.equal(g2.unet.state_dict()[k], v)
-    assert torch.equal(DigitsGenerator(unet).sample([1, 2], n_steps=3), g2.sample([1, 2], n_steps=3))
+    assert torch.equal(DigitsGenerator(unet).sample([1, 2], Sampling(n_steps=3)), g2.sample([1, 2], Sampling(n_steps=3)))
 
 
 def test_training_deterministic_and_validated():
@@ -133,14 +137,16 @@ def test_training_deterministic_and_validated():
 def test_tiny_sd_end_to_end(sd):
     clf = tiny_classifier(3, 3)
     lab = [0, 2, 1]
-    plain = sd.sample(lab, n_steps=4, seed=0)
-    guided, st = sd.sample(lab, n_steps=4, seed=0, omega=1.0, classifier=clf, return_stats=True)
+    plain = sd.sample(lab, Sampling(n_steps=4), seed=0)
+    guided, st = sd.sample(lab, Sampling(omega=1.0, n_steps=4), seed=0, classifier=clf, return_stats=True)
     assert guided.shape == (3, 3, 12, 12) and torch.isfinite(guided).all() and guided.min() >= 0 and guided.max() <= 1
     assert (st.n_guided_steps, st.n_nonfinite) == (4, 0) and st.mean_grad_norm > 0
     assert (guided - plain).abs().max() > 1e-3
-    assert torch.equal(guided, sd.sample(lab, n_steps=4, seed=0, omega=1.0, classifier=clf))       # deterministic
-    torch.testing.assert_close(sd.sample(lab, n_steps=4, seed=0, omega=1.0, classifier=clf, batch_size=2), guided, atol=1e-4, rtol=0)
-    through = sd.sample(lab, n_steps=4, seed=0, omega=1.0, classifier=clf, grad_through_denoiser=True, guide_every=2)
+    assert torch.equal(guided, sd.sample(lab, Sampling(omega=1.0, n_steps=4), seed=0, classifier=clf))       # deterministic
+    torch.testing.assert_close(sd.sample(lab, Sampling(omega=1.0, n_steps=4, batch_size=2), seed=0,
+                                         classifier=clf), guided, atol=1e-4, rtol=0)
+    through = sd.sample(lab, Sampling(omega=1.0, n_steps=4, guide_every=2, grad_through_denoiser=True),
+                        seed=0, classifier=clf)
     assert torch.isfinite(through).all() and (through - plain).abs().max() > 1e-3
 
 
@@ -156,14 +162,14 @@ def test_tiny_sd_prompts(sd):
     "One embedding per class, and the class decides the image."
     assert sd.cond_emb.shape[0] == 3 and sd.uncond_emb.shape[0] == 1
     assert not torch.allclose(sd.cond_emb[0], sd.cond_emb[1])
-    assert (sd.sample([0, 0], seed=0, n_steps=3) - sd.sample([1, 1], seed=0, n_steps=3)).abs().max() > 1e-4
+    assert (sd.sample([0, 0], Sampling(n_steps=3), seed=0) - sd.sample([1, 1], Sampling(n_steps=3), seed=0)).abs().max() > 1e-4
 
 
 def test_sd_from_pretrained_roundtrip(sd, tmp_path):
     sd.save_pretrained(tmp_path)
     sd2 = StableDiffusionGenerator.from_pretrained(tmp_path, sd.class_names, classifier_size=12)
     assert sd2.sampler_kw == sd.sampler_kw and sd2.image_shape == sd.image_shape
-    assert torch.equal(sd2.sample([0, 1], n_steps=3), sd.sample([0, 1], n_steps=3))
+    assert torch.equal(sd2.sample([0, 1], Sampling(n_steps=3)), sd.sample([0, 1], Sampling(n_steps=3)))
 
 
 def test_sd_from_pretrained_missing(tmp_path):
@@ -183,8 +189,8 @@ def test_sd_validation():
 def test_first_index_gives_the_slice_of_a_larger_call():
     from deliberate_practice.generators import load_digits_generator
     g, labels = load_digits_generator(), torch.arange(8) % 10
-    full = g.sample(labels, n_steps=4, seed=3)
-    torch.testing.assert_close(g.sample(labels[3:7], n_steps=4, seed=3, first_index=3), full[3:7], atol=1e-5, rtol=0)
+    full = g.sample(labels, Sampling(n_steps=4), seed=3)
+    torch.testing.assert_close(g.sample(labels[3:7], Sampling(n_steps=4), seed=3, first_index=3), full[3:7], atol=1e-5, rtol=0)
 
 
 # ---- tiny Stable Diffusion against diffusers, and the guidance memory levers ---------------------------------------------
@@ -201,7 +207,7 @@ def test_sd_matches_diffusers_pipeline(cfg_scale):
     lab = [0, 2, 1]
     ref = pipe([g.prompts[i] for i in lab], num_inference_steps=4, guidance_scale=cfg_scale, eta=0.0,
                latents=initial_noise(3, g.latent_shape, seed=2), output_type='pt').images
-    ours = g.sample(lab, n_steps=4, seed=2, cfg_scale=cfg_scale)
+    ours = g.sample(lab, Sampling(cfg_scale=cfg_scale, n_steps=4), seed=2)
     assert ours.shape == ref.shape == (3, 3, 16, 16)
     assert (ours - ref).abs().max() <= 1e-6
 
@@ -218,16 +224,17 @@ def float64_classifier(in_chans, n_classes):
 def test_guidance_batch_size_same_images(gen, sd, through):
     """Chunking changes no image beyond float32 round-off: every UNet pass runs guidance_batch_size images at a time (memory set by
     guidance_batch_size, not gen_batch_size), so the images differ by the round-off of its kernels (measured 1.2e-6); likewise the decoder's on tiny SD."""
-    kw = dict(omega=0.3, n_steps=4, seed=0, grad_through_denoiser=through)
+    S = Sampling(omega=0.3, n_steps=4, grad_through_denoiser=through)
     clf = float64_classifier(1, 10)
-    full = gen.sample(torch.arange(10), classifier=clf, **kw)
+    full = gen.sample(torch.arange(10), S, classifier=clf, seed=0)
     for b in (1, 3):
-        chunked = gen.sample(torch.arange(10), classifier=clf, guidance_batch_size=b, **kw)
+        chunked = gen.sample(torch.arange(10), dataclasses.replace(S, guidance_batch_size=b), classifier=clf, seed=0)
         assert (chunked - full).abs().max() <= 5e-6
     clf, lab = float64_classifier(3, 3), [0, 2, 1, 1, 0]
-    full = sd.sample(lab, classifier=clf, **kw)
-    assert (sd.sample(lab, classifier=clf, guidance_batch_size=2, **kw) - full).abs().max() <= (5e-6 if through else 1e-6)
-    assert (full - sd.sample(lab, n_steps=4, seed=0)).abs().max() > 1e-2          # the guidance did act
+    full = sd.sample(lab, S, classifier=clf, seed=0)
+    assert ((sd.sample(lab, dataclasses.replace(S, guidance_batch_size=2), classifier=clf, seed=0) - full).abs().max()
+            <= (5e-6 if through else 1e-6))
+    assert (full - sd.sample(lab, Sampling(n_steps=4), seed=0)).abs().max() > 1e-2          # the guidance did act
 
 
 def test_gradient_checkpointing_same_images_and_recomputes():
@@ -236,8 +243,8 @@ def test_gradient_checkpointing_same_images_and_recomputes():
     ckpt = StableDiffusionGenerator(**comps(), class_names=['a', 'b'], classifier_size=12, gradient_checkpointing=True)
     runs = []
     ckpt.vae.decoder.up_blocks[0].register_forward_pre_hook(lambda *_: runs.append(1))
-    kw = dict(omega=1.0, classifier=tiny_classifier(3, 2), n_steps=3, seed=0)
-    assert torch.equal(ckpt.sample([0, 1, 1], **kw), plain.sample([0, 1, 1], **kw))
+    S, kw = Sampling(omega=1.0, n_steps=3), dict(classifier=tiny_classifier(3, 2), seed=0)
+    assert torch.equal(ckpt.sample([0, 1, 1], S, **kw), plain.sample([0, 1, 1], S, **kw))
     assert len(runs) == 2 * 3 + 1                        # each guided step: forward, then again in the backward pass; then the final decode
     assert not plain.vae.decoder.gradient_checkpointing
 
@@ -246,19 +253,19 @@ def test_guidance_decoder_guides_but_does_not_decode(sd, tmp_path):
     taesd = tiny_taesd(seed=0)
     g = StableDiffusionGenerator(**tiny_sd_components(seed=0), class_names=sd.class_names, classifier_size=12, guidance_decoder=taesd)
     assert g.guidance_decoder is taesd and not taesd.training
-    assert torch.equal(g.sample([0, 1], n_steps=3), sd.sample([0, 1], n_steps=3))                 # final images: the SD VAE's
+    assert torch.equal(g.sample([0, 1], Sampling(n_steps=3)), sd.sample([0, 1], Sampling(n_steps=3)))                 # final images: the SD VAE's
     z = torch.randn(2, *sd.latent_shape, generator=torch.Generator().manual_seed(0))
     view = ((taesd.decode(z).sample + 1) / 2).clamp(0, 1)                                         # SD's scaled latents, straight in
     assert torch.allclose(g.guidance_view(z), torch.nn.functional.interpolate(view, size=(12, 12), mode='bilinear', antialias=True))
-    kw = dict(omega=1.0, classifier=tiny_classifier(3, 3), n_steps=3, seed=0)
-    guided = g.sample([0, 1], **kw)
-    assert (guided - sd.sample([0, 1], **kw)).abs().max() > 1e-3                                   # guided through another view
+    S, kw = Sampling(omega=1.0, n_steps=3), dict(classifier=tiny_classifier(3, 3), seed=0)
+    guided = g.sample([0, 1], S, **kw)
+    assert (guided - sd.sample([0, 1], S, **kw)).abs().max() > 1e-3                                   # guided through another view
     taesd.save_pretrained(tmp_path / 'taesd')
     sd.save_pretrained(tmp_path / 'sd')
     g2 = StableDiffusionGenerator.from_pretrained(tmp_path / 'sd', sd.class_names, classifier_size=12, guidance_decoder=str(tmp_path / 'taesd'),
                                                   gradient_checkpointing=True)
     assert g2.guidance_decoder.decoder.gradient_checkpointing and not g2.vae.decoder.gradient_checkpointing
-    assert torch.equal(g2.sample([0, 1], **kw), guided)
+    assert torch.equal(g2.sample([0, 1], S, **kw), guided)
 
 
 def test_guidance_decoder_validation(tmp_path):
@@ -288,9 +295,9 @@ def test_v_prediction_matches_diffusers_pipeline():
     lab = [2, 0, 1]
     ref = pipe([g.prompts[i] for i in lab], num_inference_steps=4, guidance_scale=3.0, eta=0.0,
                latents=initial_noise(3, g.latent_shape, seed=1), output_type='pt').images
-    assert (g.sample(lab, n_steps=4, seed=1, cfg_scale=3.0) - ref).abs().max() <= 1e-6
+    assert (g.sample(lab, Sampling(cfg_scale=3.0, n_steps=4), seed=1) - ref).abs().max() <= 1e-6
     eps = StableDiffusionGenerator(**tiny_sd_components(seed=0), class_names=['tench', 'goldfish', 'shark'])
-    assert (eps.sample(lab, n_steps=4, seed=1, cfg_scale=3.0) - ref).abs().max() > 1e-2
+    assert (eps.sample(lab, Sampling(cfg_scale=3.0, n_steps=4), seed=1) - ref).abs().max() > 1e-2
 
 
 def test_saved_folder_opens_in_diffusers(sd, tmp_path):
@@ -333,12 +340,12 @@ def test_prompts_used_in_turn():
     assert turns.prompts == [['an owl', 'an owl at night', 'a snowy owl'], 'a red kite'] and turns.cond_emb.shape[0] == 4
     lab = torch.tensor([0, 1, 0, 0, 0])
     for first in (0, 2, 7):
-        kw = dict(n_steps=2, seed=3, first_index=first)
-        each = [g.sample(lab, **kw) for g in alone]
+        S, kw = Sampling(n_steps=2), dict(seed=3, first_index=first)
+        each = [g.sample(lab, S, **kw) for g in alone]
         want = torch.stack([each[(first + k) % 3 if lab[k] == 0 else 0][k] for k in range(len(lab))])
-        assert torch.equal(turns.sample(lab, **kw), want)
-        by_slices = torch.cat([turns.sample(lab[s:s + 2], n_steps=2, seed=3, first_index=first + s) for s in (0, 2, 4)])
-        assert torch.equal(turns.sample(lab, batch_size=2, **kw), by_slices)    # batches and slices: each prompt follows its image's index
+        assert torch.equal(turns.sample(lab, S, **kw), want)
+        by_slices = torch.cat([turns.sample(lab[s:s + 2], S, seed=3, first_index=first + s) for s in (0, 2, 4)])
+        assert torch.equal(turns.sample(lab, dataclasses.replace(S, batch_size=2), **kw), by_slices)    # batches and slices: each prompt follows its image's index
     assert (each[0][0] - each[1][0]).abs().max() > 1e-3
 
 
@@ -348,7 +355,7 @@ def test_str_prompts_unchanged_and_shared_prompts_encoded_once():
     one = StableDiffusionGenerator(**tiny_sd_components(), class_names=['a', 'b', 'c'], prompts=['x', 'y', 'z'], classifier_size=12)
     assert torch.equal(one.cond_emb, one.encode_prompts(['x', 'y', 'z']))                        # one str per class: today's table
     lab = torch.tensor([0, 1, 2, 1])
-    assert torch.equal(g.sample(lab, n_steps=2, seed=0)[[0, 2]], one.sample(lab, n_steps=2, seed=0)[[0, 2]])
+    assert torch.equal(g.sample(lab, Sampling(n_steps=2), seed=0)[[0, 2]], one.sample(lab, Sampling(n_steps=2), seed=0)[[0, 2]])
 
 
 @pytest.mark.parametrize('bad', [[], [1], None, ['a', 2], 3])
@@ -362,12 +369,14 @@ def test_fgds_form_backpropagates_through_the_unet(sd):
     clf, lab, calls = tiny_classifier(3, 3), torch.tensor([0, 1, 2, 1]), []
     hook = sd.unet.conv_in.register_full_backward_hook(lambda m, gi, go: calls.append(len(go[0])))
     try:
-        kw = dict(n_steps=10, seed=0, classifier=clf, guide_every=5, guidance_batch_size=3, return_stats=True)
-        fgds, st = sd.sample(lab, omega=0.03, guidance_form='fgds', **kw)
+        S = Sampling(n_steps=10, guide_every=5, guidance_batch_size=3)
+        kw = dict(seed=0, classifier=clf, return_stats=True)
+        fgds, st = sd.sample(lab, dataclasses.replace(S, omega=0.03, guidance_form='fgds'), **kw)
         assert (calls, st.n_guided_steps, st.n_nonfinite) == ([6, 2] * 2, 2, 0)    # [cond, uncond] x (3 + 1) images: memory set by guidance_batch_size
-        calls.clear(); sd.sample(lab, omega=0.3, **kw)
+        calls.clear(); sd.sample(lab, dataclasses.replace(S, omega=0.3), **kw)
         assert calls == []
     finally: hook.remove()
-    whole = sd.sample(lab, omega=0.03, guidance_form='fgds', **{**kw, 'guidance_batch_size': None, 'return_stats': False})
+    whole = sd.sample(lab, dataclasses.replace(S, omega=0.03, guidance_form='fgds', guidance_batch_size=None), seed=0,
+                      classifier=clf)
     torch.testing.assert_close(fgds, whole, atol=1e-4, rtol=0)                   # micro-batches: the same images
-    assert torch.isfinite(fgds).all() and (fgds - sd.sample(lab, n_steps=10, seed=0)).abs().max() > 1e-3
+    assert torch.isfinite(fgds).all() and (fgds - sd.sample(lab, Sampling(n_steps=10), seed=0)).abs().max() > 1e-3

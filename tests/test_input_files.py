@@ -166,7 +166,8 @@ def test_sampling_takes_every_good_setting():
     s = Sampling(cfg_scale=np.float32(7.5), omega=MAXIMA['omega'], n_steps=np.int64(1000), batch_size=1, guide_every=1000,
                  guidance_batch_size=None, guidance_form='fgds')
     assert (s.cfg_scale, type(s.cfg_scale), s.n_steps, type(s.n_steps)) == (7.5, float, 1000, int)   # numpy numbers become Python ones
-    assert Sampling(cfg_scale=0, omega=0).sample_kw() == dict(cfg_scale=0.0, omega=0.0, n_steps=20, batch_size=None)
+    s = Sampling(cfg_scale=0, omega=0)
+    assert (s.cfg_scale, s.omega, s.n_steps, s.batch_size) == (0.0, 0.0, 20, None)
 
 
 class Counting:

@@ -21,10 +21,10 @@ class FakeGenerator:
     def __init__(self, n_nonfinite=0, fail_after=None):
         self.calls, self.n_nonfinite, self.fail_after = [], n_nonfinite, fail_after
 
-    def sample(self, labels, cfg_scale=2.0, omega=0.0, classifier=None, n_steps=20, seed=0, batch_size=None,
-               progress=False, return_stats=False, **kw):
+    def sample(self, labels, sampling=Sampling(), classifier=None, seed=0, progress=False, return_stats=False):
         if self.fail_after is not None and len(self.calls) >= self.fail_after: raise RuntimeError("generator crashed")
-        self.calls.append(dict(labels=labels.clone(), omega=omega, seed=seed, classifier=classifier, kw=kw))
+        omega = sampling.omega
+        self.calls.append(dict(labels=labels.clone(), omega=omega, seed=seed, classifier=classifier, sampling=sampling))
         g = torch.Generator().manual_seed(seed)
         x = (labels.float() + 0.5)[:, None, None, None] / self.n_classes + (0.1 + omega) * torch.randn(len(labels), *self.image_shape, generator=g)
         x = (x.clamp(0, 1) * 255).round().float() / 255
@@ -93,9 +93,9 @@ def test_replacements_are_the_generators_images_with_the_same_labels_and_provena
     r = pool.refresh(gen, clf, 0.4, Sampling(omega=0.07, cfg_scale=3.0, guide_every=2), seed=5)
     new = r['pruned_indices']
     call = gen.calls[-1]
-    assert call['kw'] == {'guide_every': 2}
+    assert call['sampling'] == Sampling(omega=0.07, cfg_scale=3.0, guide_every=2)   # every option reaches the generator
     assert torch.equal(call['labels'], labels_before[new]) and call['omega'] == 0.07 and call['seed'] == 5 and call['classifier'] is clf
-    expected = gen.sample(labels_before[new], omega=0.07, seed=5)
+    expected = gen.sample(labels_before[new], Sampling(omega=0.07), seed=5)
     assert torch.equal(pool.get_images(new), expected)
     assert torch.equal(pool.labels, labels_before)
     torch.testing.assert_close(pool.entropy_at_birth[new], entropy(clf.eval()(expected)).detach())

@@ -144,7 +144,7 @@ def test_patience_resets_on_improvement_and_on_refresh(parts):
     t.refresh()
     assert (t.wait, t.n_refreshes, t.cur_patience) == (0, 1, 3)                                  # a refresh restarts the count and grows patience
     assert not t.patience_step(0.6) and t.wait == 1
-    assert t.pool.calls[0]['sampling'].sample_kw()['guidance_batch_size'] == 3                    # the memory bound reaches the generator
+    assert t.pool.calls[0]['sampling'].guidance_batch_size == 3                    # the memory bound reaches the generator
 
 def test_test_split_every_k_epochs_and_at_the_end(parts):
     seen = []
