@@ -11,8 +11,9 @@ ROOT = Path(__file__).parents[1]
 FENCE = re.compile(r'^```(\w*)\n(.*?)^```', re.S | re.M)   # (language, body) of each fenced block, in order
 
 def _texts():
-    "(source name, markdown text) of the README and of every markdown cell of every notebook."
+    "(source name, markdown text) of the README, of every markdown page under nbs/ and of every markdown cell of every notebook."
     yield 'README.md', (ROOT / 'README.md').read_text()
+    for page in sorted((ROOT / 'nbs').glob('*.md')): yield page.name, page.read_text()
     for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
         for c in json.loads(nb.read_text())['cells']:
             if c['cell_type'] == 'markdown': yield nb.name, ''.join(c['source'])
@@ -33,7 +34,8 @@ COMMANDS = shown_commands()
 
 def test_commands_found():
     srcs = {s for s, _, _ in COMMANDS}
-    assert {'README.md', 'index.ipynb', '08_trainer.ipynb', '09_ablation.ipynb'} <= srcs, srcs
+    pages = {'imagenet.md', 'own_classes.md', 'preemption.md', 'pool_data.md', 'setup.md'}
+    assert {'README.md', 'index.ipynb', '08_trainer.ipynb', '09_ablation.ipynb'} | pages <= srcs, srcs
     assert sum(c == 'dp-train' for _, c, _ in COMMANDS) >= 6 and sum(c == 'dp-reproduce' for _, c, _ in COMMANDS) >= 6
 
 def _printed(fn, *a, **kw):
