@@ -82,8 +82,7 @@ def real_images(cfg:DPConfig)->tuple:
     if not has_real(cfg):
         raise ValueError(
             f"digits_generator {cfg.digits_generator!r} records no real_subset in its json, so the "
-            f"{REAL_ROW} row cannot run; "
-                                           "make the generator with train_k_generator, or leave the row out")
+            f"{REAL_ROW} row cannot run; make the generator with train_k_generator, or leave the row out")
     rs = generator_record(cfg)['real_subset']
     return digits_per_class(digits_splits(seed=rs['splits_seed'])[rs['split']], rs['k'], seed=rs['seed'])
 
@@ -450,9 +449,9 @@ def claims_markdown(results:list, conf:float=0.95)->str:
         lines.append(
             f"| {d['claim']}{'' if share else ' (points)'} | {d['row']} {'/' if share else '-'} {d['ref']} "
             f"| {d['n_seeds']} | {d['n_compared']} "
-                     f"| {_num(d['estimate'], f)} ({'median' if share else 'mean'}) | [{_num(d['lo'], f)}, "
-                     f"{_num(d['hi'], f)}] | **{d['verdict']}** "
-                     f"| {_pval(d['p'])} | {_pval(d['p_holm'])} | **{d['holm_verdict']}** |")
+            f"| {_num(d['estimate'], f)} ({'median' if share else 'mean'}) | [{_num(d['lo'], f)}, "
+            f"{_num(d['hi'], f)}] | **{d['verdict']}** "
+            f"| {_pval(d['p'])} | {_pval(d['p_holm'])} | **{d['holm_verdict']}** |")
     lines += ['', f"Holm-Bonferroni over all {cs[0]['family']} comparisons the claims chose among (rows "
                   "compared); the best DP row is the one with the best mean val accuracy."]
     share = next((d for d in cs if d['claim'] == 'image share'), None)
@@ -882,7 +881,7 @@ def realmix_markdown(results:dict,    # {k: results.json contents with k real di
                 lines.append(
                     f"| {k} | dp-p8-100 - {ref} | {'test' if key == 'test_acc' else key[6:]} | "
                     f"{len(d['seeds'])} | {d['mean']:+.2f} "
-                             f"| [{d['lo']:+.2f}, {d['hi']:+.2f}] | **{d['verdict']}** | {_pval(d['p'])} |")
+                    f"| [{d['lo']:+.2f}, {d['hi']:+.2f}] | **{d['verdict']}** | {_pval(d['p'])} |")
     return '\n'.join(lines)
 
 

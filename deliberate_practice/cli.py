@@ -283,9 +283,8 @@ def _train(cfg:DPConfig, ns, command:list):
                   flush=True)
     if main and not quiet:
         print(f"dp-train: {'resuming' if started else 'starting'} {cfg.dataset} run in {out}: pool "
-              f"{cfg.pool_size:,}, "
-                                 f"{cfg.epochs} epochs, model {cfg.model}, device {cfg.device}; loading the "
-                                 "generator and data", flush=True)
+              f"{cfg.pool_size:,}, {cfg.epochs} epochs, model {cfg.model}, device {cfg.device}; loading the "
+              "generator and data", flush=True)
     cbs = ([] if quiet else [_print_row]) + [_warn_nonfinite, CurvesWriter(out)]
     # generator and data: the dataset's
     kw = dict(callbacks=cbs, report_to=trackers, progress=console_reporter(quiet or not main) or False,
@@ -631,14 +630,14 @@ def dry_run(cfg:DPConfig, out, resume:bool=False, timed:bool=False, memory_limit
             problems.append(
                 f"a guided generation batch needs about {m['generation_gib']} GiB per process, more than "
                 f"the {limit} GiB available: lower guidance_batch_size "
-                            f"(now {cfg.guidance_batch_size}) or gen_batch_size (now {cfg.gen_batch_size}), "
-                            "or turn on --gradient-checkpointing")
+                f"(now {cfg.guidance_batch_size}) or gen_batch_size (now {cfg.gen_batch_size}), "
+                "or turn on --gradient-checkpointing")
         if limit and m['training_gib'] > limit:
             problems.append(
                 f"training needs about {m['training_gib']} GiB per process, more than the {limit} GiB "
                 "available: lower device_batch_size "
-                            f"(now {plan['images_per_pass']} per pass; gradient accumulation keeps the "
-                            f"global batch_size {cfg.batch_size})")
+                f"(now {plan['images_per_pass']} per pass; gradient accumulation keeps the "
+                f"global batch_size {cfg.batch_size})")
     if entry.generator == 'stable-diffusion':
         side = (sd_configs or {}).get('unet', {}).get('sample_size', 64)
         plan['generation_cost'] = generation_cost(cfg, plan, side ** 2)
@@ -680,8 +679,7 @@ def _report_dry_run(plan:dict, problems:list):
     if 'seconds' in plan:
         print(f"dp-train: dry run: initial pool {_duration(plan['seconds']['initial_pool_s'])}, a refresh "
               f"{_duration(plan['seconds']['refresh_s'])}, "
-                                f"an epoch's training {_duration(plan['seconds']['epoch_train_s'])} "
-                                "on this machine")
+              f"an epoch's training {_duration(plan['seconds']['epoch_train_s'])} on this machine")
     if not problems: print(json.dumps(plan))
     sys.exit(1 if problems else 0)
 

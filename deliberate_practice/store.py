@@ -370,9 +370,8 @@ def _pool_root(root, relative_to)->Path:
     p = run / root
     if p.is_symlink():
         raise ValueError(f"checkpoint field pool.root: pool folder {p} is a symbolic link to "
-                         f"{os.readlink(p)}: "
-                                        "a run's pool is a real folder; replace the link by a copy of that "
-                         "pool, or start the run again")
+                         f"{os.readlink(p)}: a run's pool is a real folder; replace the link by a copy of "
+                         "that pool, or start the run again")
     if not p.resolve().is_relative_to(run.resolve()) or p.resolve() == run.resolve():
         raise ValueError(f"checkpoint field pool.root is {root!r}, which is not a folder inside the run "
                          f"folder {run}: {fix}")
@@ -620,8 +619,7 @@ def load(cls:LabelledImages, path):
 # %% ../nbs/06_store.ipynb #36769eb2
 @patch(cls_method=True)
 def write_shards(cls:LabelledImages,
-                 batches,             # an iterable of (B, C, H, W) image batches (uint8, or floats in [0,
-                                      # 1]), in pool order
+                 batches,             # (B, C, H, W) image batches (uint8, or floats in [0, 1]), in pool order
                  labels,              # (N,) class of each image, N the images of all batches
                  root,                # the new pool folder
                  shard_size:int=2048, # images per shard
