@@ -875,8 +875,7 @@ def dp_generate(argv:list=None):  # command-line arguments (default: sys.argv[1:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         ns = build_generate_parser().parse_args(argv)
-        kw = {**(config_from_file(ns.config) if getattr(ns, 'config', None) else {}), **config_flags(ns)}
-        cfg = preset(getattr(ns, 'preset', None) or kw.get('dataset', 'digits'), **kw)
+        cfg = resolve_config(config_flags(ns), ns)       # as dp-train's: --preset under --config under flags
         # answered before torch is imported
         if getattr(ns, 'print_config', False): return print(json.dumps(cfg.to_dict(), indent=1))
         with _preemptible('dp-generate', 'run it again to continue'):
